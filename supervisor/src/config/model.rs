@@ -1,0 +1,235 @@
+//! The validated DAG: what the compiler produces and every later stage consumes.
+//!
+//! Nothing here can be in an invalid state the compiler would have rejected: inputs are
+//! resolved, the node list is in topological order, every output column has a concrete shape.
+
+use livecalc_protocol::{Credentials, DType, OutputKind};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which worker binary hosts an engine, and the name it knows the engine by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineKind {
+    Cpp(String),
+    Python(String),
+}
+
+impl EngineKind {
+    pub fn worker_binary(&self) -> &'static str {
+        match self {
+            EngineKind::Cpp(_) => "livecalc-worker-cpp",
+            EngineKind::Python(_) => "livecalc-worker-py",
+        }
+    }
+
+    pub fn engine_arg(&self) -> &str {
+        match self {
+            EngineKind::Cpp(s) | EngineKind::Python(s) => s,
+        }
+    }
+}
+
+/// How a column is stored: plain numbers, or strings mapped to `int32` codes by declared levels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnType {
+    Plain(DType),
+    Category { levels: Vec<String> },
+}
+
+impl ColumnType {
+    pub fn dtype(&self) -> DType {
+        match self {
+            ColumnType::Plain(d) => *d,
+            ColumnType::Category { .. } => DType::Int32,
+        }
+    }
+}
+
+/// One dimension of a declared shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dim {
+    /// The producing node's (or source's) row count.
+    Rows,
+    Fixed(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnSpec {
+    pub name: String,
+    pub ty: ColumnType,
+    pub shape: Vec<Dim>,
+}
+
+impl ColumnSpec {
+    /// The concrete shape, given the producer's row count.
+    pub fn concrete_shape(&self, rows: u64) -> Vec<u64> {
+        self.shape
+            .iter()
+            .map(|d| match d {
+                Dim::Rows => rows,
+                Dim::Fixed(n) => *n,
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    Csv,
+    Parquet,
+    /// A synthetic `int64` column `0..rows` (benchmarks and bus tests).
+    Sequence,
+}
+
+#[derive(Debug, Clone)]
+pub struct DataSource {
+    pub name: String,
+    pub path: Option<PathBuf>,
+    pub format: SourceFormat,
+    pub columns: Vec<ColumnSpec>,
+    pub rows: u64,
+}
+
+/// How the segments of a per-chunk output are combined once every chunk is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduce {
+    /// Element-wise sum of the slots, in chunk order (so results never depend on worker count).
+    Sum,
+    /// Slot 0 (an output every chunk writes identically, such as a time grid).
+    First,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    pub name: String,
+    pub columns: Vec<ColumnSpec>,
+    /// `None` for a one-row-per-row output.
+    pub reduce: Option<Reduce>,
+}
+
+impl OutputSpec {
+    pub fn kind(&self) -> OutputKind {
+        if self.reduce.is_some() {
+            OutputKind::PerChunk
+        } else {
+            OutputKind::Rows
+        }
+    }
+
+    /// Rows of the delivered table: the node's rows, or the reduced columns' length.
+    pub fn table_rows(&self, node_rows: u64) -> u64 {
+        match self.reduce {
+            None => node_rows,
+            Some(_) => self
+                .columns
+                .first()
+                .map(|c| c.concrete_shape(node_rows)[0])
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// Where a node input comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Producer {
+    Source(String),
+    Node { node: String, output: String },
+}
+
+impl std::fmt::Display for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Producer::Source(s) => f.write_str(s),
+            Producer::Node { node, output } => write!(f, "{node}.{output}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub name: String,
+    pub from: Producer,
+    pub chunked: bool,
+}
+
+/// Restart policy of a node (used by the resilience layer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_delay: Duration,
+    pub factor: f64,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            initial_delay: Duration::from_millis(50),
+            factor: 2.0,
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: String,
+    /// The type string as written in the DAG.
+    pub type_name: String,
+    pub kind: EngineKind,
+    pub config: Value,
+    pub inputs: Vec<InputSpec>,
+    pub outputs: Vec<OutputSpec>,
+    pub rows: u64,
+    pub chunk_size: u64,
+    pub workers: u32,
+    pub timeout: Duration,
+    pub startup_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Fault-injection plan passed to the workers verbatim (JSON array).
+    pub faults: Option<Value>,
+}
+
+impl Node {
+    pub fn output(&self, name: &str) -> Option<&OutputSpec> {
+        self.outputs.iter().find(|o| o.name == name)
+    }
+
+    pub fn chunk_count(&self) -> u64 {
+        self.rows.div_ceil(self.chunk_size)
+    }
+}
+
+/// A DAG output to deliver as Parquet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRef {
+    pub node: String,
+    pub output: String,
+}
+
+/// A compiled, validated DAG.
+#[derive(Debug, Clone)]
+pub struct Dag {
+    pub path: PathBuf,
+    /// Folder relative paths resolve against; the workers' working directory.
+    pub dir: PathBuf,
+    /// SHA-256 of the DAG file's bytes, hex.
+    pub hash: String,
+    pub sources: Vec<DataSource>,
+    /// In topological order.
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<OutputRef>,
+    pub credentials: Option<Credentials>,
+}
+
+impl Dag {
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    pub fn source(&self, name: &str) -> Option<&DataSource> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+}

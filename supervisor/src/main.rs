@@ -1,0 +1,5 @@
+//! `livecalc-supervisor`: see `livecalc_supervisor::cli`.
+
+fn main() -> std::process::ExitCode {
+    livecalc_supervisor::cli::main()
+}

@@ -1,0 +1,14 @@
+// Every C++ engine built into livecalc-worker-cpp, by the name a DAG uses after `cpp:`.
+// To add an engine: write engines/<name>.cpp with a register_<name>(EngineRegistry&) function,
+// declare it below and call it from register_builtin_engines.
+#include "livecalc/engine_interface.hpp"
+
+namespace livecalc {
+
+void register_my_engine(EngineRegistry& registry);
+
+void register_builtin_engines(EngineRegistry& registry) {
+    register_my_engine(registry);
+}
+
+}  // namespace livecalc

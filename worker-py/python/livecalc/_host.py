@@ -1,0 +1,88 @@
+"""Glue called by the Rust host in livecalc-worker-py. Not part of the engine API.
+
+The host passes shared memory as ``memoryview`` objects; they become numpy ``uint8`` arrays here,
+without a copy, and are released when ``runChunk`` returns so that no engine keeps a reference
+to memory the host may unmap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from . import registry
+from .calc_engine_interface import (
+    CalcEngineError,
+    ConfigurationError,
+    ExecutionError,
+    ICalcEngine,
+    InitializationError,
+)
+
+
+def create(engine_type: str) -> ICalcEngine:
+    module_name, class_name = registry.resolve(engine_type).split(":", 1)
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise LookupError(f"module {module_name!r} has no class {class_name!r}")
+    engine = cls()
+    if not isinstance(engine, ICalcEngine):
+        raise TypeError(f"{module_name}.{class_name} does not implement livecalc.ICalcEngine")
+    return engine
+
+
+def info(engine: ICalcEngine):
+    i = engine.get_info()
+    return (i.name, i.version, i.engine_type, bool(i.supports_assumptions_manager), int(i.max_buffer_size))
+
+
+def initialize(engine: ICalcEngine, config_json: str, credentials):
+    engine.initialize(json.loads(config_json), credentials)
+
+
+def run_chunk(engine: ICalcEngine, input_mv, output_mv):
+    inp = np.frombuffer(input_mv, dtype=np.uint8) if input_mv is not None else None
+    out = np.frombuffer(output_mv, dtype=np.uint8)
+    start = time.perf_counter()
+    try:
+        result = engine.runChunk(inp, out) or {}
+    finally:
+        del inp, out
+    if not isinstance(result, dict):
+        raise ExecutionError(f"runChunk must return a dict, got {type(result).__name__}")
+    elapsed = float(result.get("execution_time_ms", (time.perf_counter() - start) * 1e3))
+    warnings = [str(w) for w in result.get("warnings", [])]
+    return (
+        bool(result.get("success", True)),
+        elapsed,
+        int(result.get("rows_processed", 0)),
+        int(result.get("bytes_written", 0)),
+        warnings,
+        str(result.get("error_message", "")),
+    )
+
+
+def classify(exc: BaseException):
+    """(kind, class name, message, traceback text) for the supervisor."""
+    if isinstance(exc, ConfigurationError):
+        kind = "configuration"
+    elif isinstance(exc, InitializationError):
+        kind = "initialization"
+    elif isinstance(exc, ExecutionError):
+        kind = "execution"
+    elif isinstance(exc, (LookupError, ImportError, TypeError)) and getattr(exc, "_livecalc_lookup", False):
+        kind = "unknown_engine"
+    else:
+        kind = "other"
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return kind, type(exc).__name__, str(exc), tb
+
+
+def runtime() -> str:
+    return f"CPython {sys.version.split()[0]} (prefix {sys.base_prefix}, venv {sys.prefix})"

@@ -1,0 +1,1 @@
+"""Engines built into livecalc-worker-py (see livecalc.registry for their DAG names)."""

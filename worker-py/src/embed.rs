@@ -1,0 +1,137 @@
+//! The FFI boundary of livecalc-worker-py: the embedded CPython interpreter.
+//!
+//! Theory of operation:
+//! - **One interpreter, chosen at build time.** The binary links Debian's `libpython3.11`
+//!   (`PYO3_PYTHON=/usr/bin/python3.11`, set in `.cargo/config.toml`). The project's `.venv` is
+//!   created from that same interpreter, and its `site-packages` is added with
+//!   `site.addsitedir` at start-up; a venv made from a different Python is refused with a clear
+//!   error instead of importing the wrong numpy.
+//! - **The Rust host owns signals.** pyo3 initializes CPython without installing Python's
+//!   signal handlers, so SIGTERM/SIGINT keep their default actions and the supervisor's
+//!   stop sequence works the same for C++ and Python workers.
+//! - **Zero-copy buffers.** Shared memory reaches Python as `memoryview`s created over the
+//!   mapped views with `PyMemoryView_FromMemory` (read-only for inputs), turned into numpy
+//!   arrays by `livecalc._host`, and released when `runChunk` returns.
+
+use livecalc_protocol::{EngineError, EngineErrorKind};
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+use std::path::PathBuf;
+
+/// Where the `livecalc` package lives: `LIVECALC_PYTHON_SRC`, else the source tree this binary
+/// was built from.
+fn package_dir() -> PathBuf {
+    std::env::var_os("LIVECALC_PYTHON_SRC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/python")))
+}
+
+/// The project's virtual environment: `LIVECALC_VENV`, else `.venv` at the workspace root.
+fn venv_dir() -> PathBuf {
+    std::env::var_os("LIVECALC_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv")))
+}
+
+fn startup_error(message: String) -> EngineError {
+    EngineError::new(EngineErrorKind::Initialization, "PythonStartupError", message)
+}
+
+/// Start the interpreter and make `livecalc`, the venv's packages, the DAG folder (the working
+/// directory) and `LIVECALC_PYTHONPATH` importable.
+pub fn start() -> Result<(), EngineError> {
+    Python::initialize();
+    Python::attach(|py| -> Result<(), EngineError> {
+        let sys = py
+            .import("sys")
+            .map_err(|e| startup_error(format!("cannot import sys: {e}")))?;
+        let version: (u8, u8) = sys
+            .getattr("version_info")
+            .and_then(|v| Ok((v.get_item(0)?.extract()?, v.get_item(1)?.extract()?)))
+            .map_err(|e| startup_error(e.to_string()))?;
+        let venv = venv_dir();
+        let cfg = venv.join("pyvenv.cfg");
+        let site_packages = venv.join(format!("lib/python{}.{}/site-packages", version.0, version.1));
+        if cfg.exists() {
+            let text = std::fs::read_to_string(&cfg).unwrap_or_default();
+            let venv_version = text
+                .lines()
+                .find_map(|l| l.split_once('=').filter(|(k, _)| k.trim() == "version").map(|(_, v)| v.trim().to_string()))
+                .unwrap_or_default();
+            let ours = format!("{}.{}.", version.0, version.1);
+            if !venv_version.starts_with(&ours) || !site_packages.is_dir() {
+                return Err(startup_error(format!(
+                    "virtual environment {} was made by Python {venv_version}, but this worker embeds Python {}.{}: recreate it with scripts/setup.sh",
+                    venv.display(),
+                    version.0,
+                    version.1
+                )));
+            }
+            py.import("site")
+                .and_then(|site| site.call_method1("addsitedir", (site_packages.to_string_lossy().as_ref(),)))
+                .map_err(|e| startup_error(format!("cannot add {}: {e}", site_packages.display())))?;
+        }
+        let path = sys
+            .getattr("path")
+            .and_then(|p| p.cast_into::<PyList>().map_err(PyErr::from))
+            .map_err(|e| startup_error(e.to_string()))?;
+        let mut front = vec![package_dir()];
+        if let Ok(cwd) = std::env::current_dir() {
+            front.push(cwd);
+        }
+        if let Some(extra) = std::env::var_os("LIVECALC_PYTHONPATH") {
+            front.extend(std::env::split_paths(&extra));
+        }
+        for (i, dir) in front.iter().enumerate() {
+            path.insert(i, dir.to_string_lossy().as_ref())
+                .map_err(|e| startup_error(e.to_string()))?;
+        }
+        Ok(())
+    })
+}
+
+/// A Python exception, classified by the seed's hierarchy; the traceback goes to the log.
+pub fn engine_error(py: Python<'_>, err: PyErr) -> EngineError {
+    let classified = py.import("livecalc._host").and_then(|host| {
+        host.call_method1("classify", (err.value(py),))?
+            .extract::<(String, String, String, String)>()
+    });
+    match classified {
+        Ok((kind, class, message, traceback)) => {
+            tracing::error!(class = %class, "python exception\n{traceback}");
+            let kind = match kind.as_str() {
+                "configuration" => EngineErrorKind::Configuration,
+                "initialization" => EngineErrorKind::Initialization,
+                "execution" => EngineErrorKind::Execution,
+                "unknown_engine" => EngineErrorKind::UnknownEngine,
+                _ => EngineErrorKind::Other,
+            };
+            EngineError::new(kind, class, message)
+        }
+        Err(_) => EngineError::new(EngineErrorKind::Other, "PythonError", err.to_string()),
+    }
+}
+
+/// A `memoryview` over `len` bytes at `ptr`, read-only unless `writable`.
+///
+/// # Safety
+/// `ptr..ptr+len` must stay mapped (and, if `writable`, writable) until the memoryview is
+/// released; the caller releases it before the mapping can go away.
+pub unsafe fn memoryview<'py>(
+    py: Python<'py>,
+    ptr: *mut u8,
+    len: usize,
+    writable: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let flags = if writable {
+        pyo3::ffi::PyBUF_WRITE
+    } else {
+        pyo3::ffi::PyBUF_READ
+    };
+    // SAFETY: the caller guarantees the memory's validity for the memoryview's lifetime; the
+    // attached `py` token proves we hold the interpreter.
+    unsafe {
+        let raw = pyo3::ffi::PyMemoryView_FromMemory(ptr.cast(), len as pyo3::ffi::Py_ssize_t, flags);
+        Bound::from_owned_ptr_or_err(py, raw)
+    }
+}
