@@ -6,9 +6,11 @@
 namespace livecalc {
 
 void register_my_engine(EngineRegistry& registry);
+void register_checksum(EngineRegistry& registry);
 
 void register_builtin_engines(EngineRegistry& registry) {
     register_my_engine(registry);
+    register_checksum(registry);
 }
 
 }  // namespace livecalc

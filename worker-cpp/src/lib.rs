@@ -133,6 +133,7 @@ pub fn create(engine_type: &str) -> Result<CppEngine, EngineError> {
         "cpp_my_engine" => "my_engine",
         "cpp_projection" => "projection",
         "cpp_pv_statistics" => "pv_statistics",
+        "cpp_checksum" => "checksum",
         other => other,
     };
     Ok(CppEngine {

@@ -93,7 +93,7 @@ pub fn start() -> Result<(), EngineError> {
 /// A Python exception, classified by the seed's hierarchy; the traceback goes to the log.
 pub fn engine_error(py: Python<'_>, err: PyErr) -> EngineError {
     let classified = py.import("livecalc._host").and_then(|host| {
-        host.call_method1("classify", (err.value(py),))?
+        host.call_method1("classify", (err.value(py), err.traceback(py)))?
             .extract::<(String, String, String, String)>()
     });
     match classified {

@@ -63,6 +63,7 @@ pub const BUILTIN_TYPES: &[(&str, &str)] = &[
     ("cpp_my_engine", "cpp"),
     ("cpp_projection", "cpp"),
     ("cpp_pv_statistics", "cpp"),
+    ("cpp_checksum", "cpp"),
     ("python_hello", "python"),
     ("python_esg", "python"),
     ("python_solver", "python"),
@@ -785,8 +786,14 @@ impl Compiler<'_> {
         let order = match petgraph::algo::toposort(&g, None) {
             Ok(o) => o,
             Err(cycle) => {
-                let start = g[cycle.node_id()];
-                let names = spell_cycle(&g, cycle.node_id()).into_iter().map(|i| raw[g[i]].node.id.clone()).collect::<Vec<_>>();
+                // Spell the cycle from its first-declared engine, so the message is stable.
+                let mut ring = spell_cycle(&g, cycle.node_id());
+                ring.pop();
+                let first = (0..ring.len()).min_by_key(|&k| raw[g[ring[k]]].index).unwrap_or(0);
+                ring.rotate_left(first);
+                let start = g[ring[0]];
+                ring.push(ring[0]);
+                let names = ring.into_iter().map(|i| raw[g[i]].node.id.clone()).collect::<Vec<_>>();
                 self.p.add(format!("$.engines[{}]", raw[start].index), format!("cycle: {}", names.join(" -> ")));
                 return Vec::new();
             }

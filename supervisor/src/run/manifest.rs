@@ -59,6 +59,32 @@ pub struct ControlBytes {
     pub total: u64,
 }
 
+/// Median, 99th percentile and maximum of a sample (nearest-rank).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Quantiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Quantiles {
+    pub fn of(sample: &[f64]) -> Quantiles {
+        if sample.is_empty() {
+            return Quantiles::default();
+        }
+        let mut v = sample.to_vec();
+        v.sort_by(f64::total_cmp);
+        let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Quantiles {
+            count: v.len(),
+            p50: rank(0.5),
+            p99: rank(0.99),
+            max: v[v.len() - 1],
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeReport {
     pub id: String,
@@ -75,6 +101,8 @@ pub struct NodeReport {
     pub chunks: ChunkCounts,
     pub timings: Timings,
     pub control_bytes: ControlBytes,
+    /// Dispatch-to-completion time of a chunk minus the engine's own time, microseconds.
+    pub control_round_trip_us: Quantiles,
     pub warnings: Vec<String>,
     pub error: Option<String>,
 }

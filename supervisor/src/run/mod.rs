@@ -92,7 +92,12 @@ enum Phase {
     Initializing { deadline: Instant },
     Attaching { deadline: Instant },
     Idle,
-    Busy { chunk: usize, deadline: Instant, sent: u64 },
+    Busy {
+        chunk: usize,
+        deadline: Instant,
+        sent: u64,
+        sent_at: Instant,
+    },
     /// The control channel closed while the worker was active; its exit status, expected
     /// shortly, tells why.
     Lost { was: Box<Phase>, deadline: Instant },
@@ -181,6 +186,7 @@ struct NodeRun {
     finished: Option<Instant>,
     engine_ms: f64,
     ready_ms: Vec<f64>,
+    round_trip_us: Vec<f64>,
 }
 
 struct Run<'a> {
@@ -229,6 +235,7 @@ pub fn run(dag: &Dag, opts: &RunOptions) -> Result<RunOutcome, RunError> {
                 finished: None,
                 engine_ms: 0.0,
                 ready_ms: Vec::new(),
+                round_trip_us: Vec::new(),
             })
             .collect(),
         workers: Vec::new(),
@@ -687,7 +694,13 @@ impl Run<'_> {
                     index,
                     result: result.clone(),
                 });
-                let Phase::Busy { chunk, sent, .. } = self.workers[w.0].phase else {
+                let Phase::Busy {
+                    chunk,
+                    sent,
+                    sent_at,
+                    ..
+                } = self.workers[w.0].phase
+                else {
                     let msg = format!("{}: reported chunk {index} it was not given", self.worker_label(w));
                     self.fail_node(i, msg);
                     self.stop(w);
@@ -704,6 +717,9 @@ impl Run<'_> {
                 c.state = ChunkState::Done;
                 c.control_bytes += sent + reply_len;
                 nr.engine_ms += result.execution_time_ms;
+                // Control overhead of the chunk: the round trip minus the engine's own time.
+                let rt = sent_at.elapsed().as_secs_f64() * 1e6 - result.execution_time_ms * 1e3;
+                nr.round_trip_us.push(rt.max(0.0));
                 for warning in result.warnings {
                     nr.warnings.push(format!("chunk {index}: {warning}"));
                 }
@@ -798,6 +814,7 @@ impl Run<'_> {
                             chunk: k,
                             deadline: Instant::now() + timeout,
                             sent,
+                            sent_at: Instant::now(),
                         };
                     }
                     Err(()) => {
@@ -806,6 +823,7 @@ impl Run<'_> {
                             chunk: k,
                             deadline: Instant::now() + Duration::from_secs(2),
                             sent: 0,
+                            sent_at: Instant::now(),
                         };
                     }
                 }
@@ -1139,6 +1157,7 @@ impl Run<'_> {
                 total: per_chunk.iter().sum(),
                 per_chunk,
             },
+            control_round_trip_us: Quantiles::of(&r.round_trip_us),
             warnings: r.warnings.clone(),
             error,
         }

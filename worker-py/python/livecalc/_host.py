@@ -68,7 +68,7 @@ def run_chunk(engine: ICalcEngine, input_mv, output_mv):
     )
 
 
-def classify(exc: BaseException):
+def classify(exc: BaseException, tb=None):
     """(kind, class name, message, traceback text) for the supervisor."""
     if isinstance(exc, ConfigurationError):
         kind = "configuration"
@@ -80,9 +80,10 @@ def classify(exc: BaseException):
         kind = "unknown_engine"
     else:
         kind = "other"
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return kind, type(exc).__name__, str(exc), tb
+    text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+    return kind, type(exc).__name__, str(exc), text
 
 
 def runtime() -> str:
-    return f"CPython {sys.version.split()[0]} (prefix {sys.base_prefix}, venv {sys.prefix})"
+    return (f"CPython {sys.version.split()[0]} ({sys.base_prefix}), "
+            f"numpy {np.__version__} from {np.__file__.rsplit('/numpy/', 1)[0]}")
