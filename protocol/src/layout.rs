@@ -313,7 +313,7 @@ pub struct ChunkSpan {
 }
 
 /// `u64` as 8 little-endian bytes, where postcard would otherwise use a variable-length integer.
-mod fixed_u64 {
+pub(crate) mod fixed_u64 {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {

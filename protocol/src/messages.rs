@@ -201,6 +201,7 @@ pub enum FromWorker {
     Initialized,
     Attached,
     ChunkDone {
+        #[serde(with = "crate::layout::fixed_u64")]
         index: u64,
         result: ExecutionResult,
     },
@@ -209,4 +210,44 @@ pub enum FromWorker {
         error: EngineError,
     },
     Disposed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire_len<T: Serialize>(v: &T) -> usize {
+        postcard::to_stdvec(v).unwrap().len()
+    }
+
+    #[test]
+    fn chunk_messages_have_a_size_independent_of_the_data() {
+        let run = |index, start, count, total| ToWorker::RunChunk {
+            chunk: ChunkSpan {
+                index,
+                row_start: start,
+                row_count: count,
+                total_rows: total,
+            },
+            attempt: 1,
+        };
+        let small = wire_len(&run(0, 0, 10, 10));
+        let large = wire_len(&run(1023, 1 << 40, 1 << 20, 1 << 50));
+        assert_eq!(small, large);
+        let done = |index| FromWorker::ChunkDone {
+            index,
+            result: ExecutionResult::default(),
+        };
+        assert_eq!(wire_len(&done(0)), wire_len(&done(u64::MAX)));
+    }
+
+    #[test]
+    fn credentials_never_print_the_token() {
+        let c = Credentials {
+            am_url: "https://am".into(),
+            am_token: "secret-token".into(),
+            cache_dir: String::new(),
+        };
+        assert!(!format!("{c:?}").contains("secret"));
+    }
 }
