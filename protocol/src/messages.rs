@@ -134,6 +134,8 @@ pub enum EngineErrorKind {
     Initialization,
     /// `ExecutionError`, or `runChunk` returned `success = false`.
     Execution,
+    /// Memory ran out (`std::bad_alloc`, `MemoryError`, or the host hit `memory_limit_mb`).
+    OutOfMemory,
     /// Any other `CalcEngineError` or exception type.
     Other,
     /// A call out of lifecycle order (e.g. `runChunk` before `initialize`).
@@ -149,7 +151,10 @@ impl EngineErrorKind {
     pub fn is_retriable(self) -> bool {
         matches!(
             self,
-            EngineErrorKind::Execution | EngineErrorKind::Other | EngineErrorKind::Initialization
+            EngineErrorKind::Execution
+                | EngineErrorKind::Other
+                | EngineErrorKind::Initialization
+                | EngineErrorKind::OutOfMemory
         )
     }
 }

@@ -276,10 +276,12 @@ impl Arena {
     pub fn reserve(dir_len: usize, segment_lens: &[usize]) -> std::io::Result<Arena> {
         let page = page_size();
         let dir_len = crate::layout::align_up(dir_len.max(1), page);
+        // One PROT_NONE guard page after every segment: an engine that writes past the end of
+        // its view faults instead of silently scribbling on a neighbour.
         let total = dir_len
             + segment_lens
                 .iter()
-                .map(|l| crate::layout::align_up(*l, page))
+                .map(|l| crate::layout::align_up(*l, page) + page)
                 .sum::<usize>();
         let size = NonZeroUsize::new(total).expect("dir_len is at least one page");
         // SAFETY: an anonymous PROT_NONE reservation chosen by the kernel aliases nothing.
@@ -314,7 +316,7 @@ impl Arena {
     /// Map a segment at the next free place; returns its offset from the arena start.
     pub fn place(&mut self, fd: &OwnedFd, len: usize, writable: bool) -> std::io::Result<usize> {
         let page = page_size();
-        let room = crate::layout::align_up(len, page);
+        let room = crate::layout::align_up(len, page) + page;
         if self.next + room > self.len {
             return Err(std::io::Error::other("arena is full"));
         }
@@ -347,9 +349,14 @@ impl Arena {
         self.base.as_ptr().cast()
     }
 
-    /// Bytes from the arena start to the end of the last placed segment.
+    /// Bytes from the arena start to the end of the last placed segment (its guard page
+    /// excluded).
     pub fn used_len(&self) -> usize {
-        self.next
+        if self.placed.is_empty() {
+            self.dir_len
+        } else {
+            self.next - page_size()
+        }
     }
 
     pub fn dir_len(&self) -> usize {

@@ -31,6 +31,9 @@ enum Command {
         /// Worker processes per engine, overriding every node's `workers`.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
         workers: Option<u32>,
+        /// Continue the interrupted run in DIR: completed chunks are kept, the rest computed.
+        #[arg(long)]
+        resume: bool,
     },
     /// Check a DAG without starting anything; lists every problem with its JSON path.
     Validate { dag: PathBuf },
@@ -65,7 +68,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Config(_) => 2,
-            CliError::Run(RunError::Load { .. }) => 2,
+            CliError::Run(RunError::Load { .. }) | CliError::Run(RunError::Resume(_)) => 2,
             CliError::Run(_) | CliError::Cleanup(_) => 1,
         }
     }
@@ -163,12 +166,19 @@ fn execute(cli: Cli) -> Result<u8, CliError> {
             }
             Ok(0)
         }
-        Command::Run { dag, out, workers } => {
+        Command::Run {
+            dag,
+            out,
+            workers,
+            resume,
+        } => {
             let mut d = config::load(&dag)?;
             if let Some(w) = workers {
                 config::override_workers(&mut d, w);
             }
-            let outcome = run::run(&d, &RunOptions::new(out.clone()))?;
+            let mut opts = RunOptions::new(out.clone());
+            opts.resume = resume;
+            let outcome = run::run(&d, &opts)?;
             let m = &outcome.manifest;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(m).unwrap_or_default());

@@ -15,6 +15,11 @@ fn hello(edit: impl FnOnce(&mut Value)) -> (TempDir, std::path::PathBuf) {
     let mut v: Value = serde_json::from_str(&text).unwrap();
     v["data_sources"]["policies"]["path"] =
         json!(examples().join("data/hello_policies.csv").to_str().unwrap());
+    // The baseline is about reporting: one attempt, no restarts (retries are tested elsewhere).
+    for e in v["engines"].as_array_mut().unwrap() {
+        e["retry"] = json!({"max_attempts": 1});
+        e["restart_limit"] = json!({"max_restarts": 0});
+    }
     edit(&mut v);
     let dir = TempDir::new("fail");
     let dag = write_dag(dir.path(), &v);

@@ -7,10 +7,14 @@ namespace livecalc {
 
 void register_my_engine(EngineRegistry& registry);
 void register_checksum(EngineRegistry& registry);
+void register_projection(EngineRegistry& registry);
+void register_pv_statistics(EngineRegistry& registry);
 
 void register_builtin_engines(EngineRegistry& registry) {
     register_my_engine(registry);
     register_checksum(registry);
+    register_projection(registry);
+    register_pv_statistics(registry);
 }
 
 }  // namespace livecalc

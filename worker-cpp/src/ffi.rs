@@ -74,6 +74,7 @@ pub fn engine_error(e: &cxx::Exception) -> EngineError {
         "ConfigurationError" => EngineErrorKind::Configuration,
         "InitializationError" => EngineErrorKind::Initialization,
         "ExecutionError" => EngineErrorKind::Execution,
+        "bad_alloc" | "bad_array_new_length" => EngineErrorKind::OutOfMemory,
         _ => EngineErrorKind::Other,
     };
     EngineError::new(kind, class, message)

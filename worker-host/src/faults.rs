@@ -10,6 +10,7 @@
 //! [{"kind": "segfault", "phase": "before_chunk", "chunk": 2, "attempt": 1}]
 //! ```
 
+use livecalc_protocol::{EngineError, EngineErrorKind};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -172,9 +173,10 @@ fn parse_fault(v: &Value) -> Result<Fault, String> {
     })
 }
 
-/// Carry out a fault that ends or stalls the process. Returns for the kinds the caller handles
-/// itself (`Garbage`, `Error`).
-pub fn strike(kind: &FaultKind) {
+/// Carry out a fault. Those that end or stall the process do not return; `Error` and a refused
+/// `GrowMemory` return the error the host reports; `Garbage` is the caller's to carry out.
+#[must_use]
+pub fn strike(kind: &FaultKind) -> Option<EngineError> {
     tracing::warn!(?kind, "injecting fault");
     match kind {
         FaultKind::Segfault => {
@@ -192,16 +194,38 @@ pub fn strike(kind: &FaultKind) {
         },
         FaultKind::GrowMemory { limit_mb } => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
-            let step = 16 << 20;
+            let step = 16usize << 20;
             while (hoard.len() as u64) * 16 < *limit_mb {
+                let mut block = Vec::new();
+                if block.try_reserve_exact(step).is_err() {
+                    // The address-space limit (memory_limit_mb) refused more: report it the way
+                    // an engine's std::bad_alloc or MemoryError would be.
+                    return Some(EngineError::new(
+                        EngineErrorKind::OutOfMemory,
+                        "OutOfMemory",
+                        format!(
+                            "allocation of 16 MiB refused after {} MiB (memory_limit_mb)",
+                            hoard.len() * 16
+                        ),
+                    ));
+                }
                 // Touch every page so the memory is really committed.
-                hoard.push(vec![1u8; step]);
+                block.resize(step, 1u8);
+                hoard.push(block);
             }
             std::hint::black_box(&hoard);
             std::process::abort();
         }
-        FaultKind::Garbage | FaultKind::Error => {}
+        FaultKind::Error => {
+            return Some(EngineError::new(
+                EngineErrorKind::Execution,
+                "InjectedFault",
+                "fault injected by LIVECALC_FAULTS",
+            ))
+        }
+        FaultKind::Garbage => {}
     }
+    None
 }
 
 #[cfg(test)]

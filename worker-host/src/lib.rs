@@ -178,7 +178,7 @@ pub fn run<E: Engine>(make: impl FnOnce(&str) -> Result<E, EngineError>) -> Exit
         attempt,
     };
     if let Some(f) = plan.at(site(Phase::Connect, None, args.spawn)) {
-        faults::strike(&f.kind);
+        let _ = faults::strike(&f.kind);
     }
     let to_supervisor: IpcSender<FromWorker> = match IpcSender::connect(args.connect.clone()) {
         Ok(s) => s,
@@ -276,9 +276,8 @@ impl<E: Engine> Host<E> {
                     chunk: None,
                     attempt: self.spawn,
                 }) {
-                    faults::strike(&f.kind);
-                    if f.kind == FaultKind::Error {
-                        return (failed(Operation::Initialize, injected_error()), false);
+                    if let Some(e) = faults::strike(&f.kind) {
+                        return (failed(Operation::Initialize, e), false);
                     }
                 }
                 if !matches!(self.state, Lifecycle::NotInit | Lifecycle::Disposed) {
@@ -359,18 +358,13 @@ impl<E: Engine> Host<E> {
             }
         };
         if let Some(f) = self.plan.at(here(Phase::BeforeChunk)) {
-            faults::strike(&f.kind);
-            match f.kind {
-                FaultKind::Error => return Err(injected_error()),
-                FaultKind::Garbage => {
-                    garbage(views);
-                    return Ok(ExecutionResult {
-                        success: true,
-                        rows_processed: chunk.row_count,
-                        ..Default::default()
-                    });
-                }
-                _ => {}
+            if let Some(e) = faults::strike(&f.kind) {
+                return Err(e);
+            }
+            if f.kind == FaultKind::Garbage {
+                // A worker dying half-way through writing: garbage in the region, no report.
+                garbage(views);
+                die_mid_write();
             }
         }
         let input = (!views.inputs.is_empty()).then(|| InputBuffer {
@@ -397,11 +391,12 @@ impl<E: Engine> Host<E> {
             ));
         }
         if let Some(f) = self.plan.at(here(Phase::AfterChunk)) {
-            faults::strike(&f.kind);
-            match f.kind {
-                FaultKind::Error => return Err(injected_error()),
-                FaultKind::Garbage => garbage(views),
-                _ => {}
+            if let Some(e) = faults::strike(&f.kind) {
+                return Err(e);
+            }
+            if f.kind == FaultKind::Garbage {
+                garbage(views);
+                die_mid_write();
             }
         }
         Ok(result)
@@ -416,10 +411,12 @@ impl<E: Engine> Host<E> {
     }
 }
 
-fn injected_error() -> EngineError {
-    EngineError::new(
-        EngineErrorKind::Execution,
-        "InjectedFault",
-        "fault injected by LIVECALC_FAULTS",
-    )
+/// End the process the way a crash in the middle of writing output would.
+fn die_mid_write() -> ! {
+    // SAFETY: raising a signal has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::raise(libc::SIGSEGV);
+    }
+    std::process::abort()
 }

@@ -103,6 +103,7 @@ pub fn engine_error(py: Python<'_>, err: PyErr) -> EngineError {
                 "configuration" => EngineErrorKind::Configuration,
                 "initialization" => EngineErrorKind::Initialization,
                 "execution" => EngineErrorKind::Execution,
+                "out_of_memory" => EngineErrorKind::OutOfMemory,
                 "unknown_engine" => EngineErrorKind::UnknownEngine,
                 _ => EngineErrorKind::Other,
             };

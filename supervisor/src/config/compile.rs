@@ -474,6 +474,10 @@ impl Compiler<'_> {
                     "timeout_s",
                     "startup_timeout_s",
                     "retry",
+                    "restart_limit",
+                    "on_failure",
+                    "accept_partial_inputs",
+                    "memory_limit_mb",
                     "faults",
                 ],
                 &path,
@@ -642,6 +646,33 @@ impl Compiler<'_> {
         let timeout = seconds(self.p, "timeout_s", DEFAULT_TIMEOUT_S);
         let startup_timeout = seconds(self.p, "startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S);
         let retry = self.retry(obj.get("retry"), &format!("{path}.retry"));
+        let restart_limit = self.restart_limit(obj.get("restart_limit"), &format!("{path}.restart_limit"));
+        let on_failure = match obj.get("on_failure").map(Value::as_str) {
+            None | Some(Some("fail")) => OnFailure::Fail,
+            Some(Some("partial")) => OnFailure::Partial,
+            Some(_) => {
+                self.p.add(format!("{path}.on_failure"), "expected \"fail\" or \"partial\"");
+                OnFailure::Fail
+            }
+        };
+        let accept_partial_inputs = match obj.get("accept_partial_inputs") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                self.p.add(format!("{path}.accept_partial_inputs"), "must be true or false");
+                false
+            }
+        };
+        let memory_limit_mb = match obj.get("memory_limit_mb") {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= 16 => Some(n),
+                _ => {
+                    self.p.add(format!("{path}.memory_limit_mb"), "must be an integer of at least 16 (MiB)");
+                    None
+                }
+            },
+        };
         let faults = obj.get("faults").cloned();
         if let Some(f) = &faults {
             if let Err(e) = livecalc_protocol_faults_check(f) {
@@ -682,6 +713,10 @@ impl Compiler<'_> {
                 timeout,
                 startup_timeout,
                 retry,
+                restart_limit,
+                on_failure,
+                accept_partial_inputs,
+                memory_limit_mb,
                 faults,
             },
             expects,
@@ -697,7 +732,13 @@ impl Compiler<'_> {
             self.p.add(path, "must be an object");
             return r;
         };
-        check_keys(o, &["max_attempts", "initial_delay_ms", "factor", "max_delay_ms"], path, self.p);
+        check_keys(o, &["max_attempts", "initial_delay_ms", "factor", "max_delay_ms", "jitter"], path, self.p);
+        if let Some(j) = o.get("jitter") {
+            match j.as_f64() {
+                Some(j) if (0.0..=1.0).contains(&j) => r.jitter = j,
+                _ => self.p.add(format!("{path}.jitter"), "must be a number from 0 to 1"),
+            }
+        }
         if let Some(m) = o.get("max_attempts") {
             match m.as_u64() {
                 Some(n) if (1..=100).contains(&n) => r.max_attempts = n as u32,
@@ -712,6 +753,29 @@ impl Compiler<'_> {
         }
         if let Some(d) = o.get("max_delay_ms").and_then(Value::as_u64) {
             r.max_delay = Duration::from_millis(d);
+        }
+        r
+    }
+
+    fn restart_limit(&mut self, v: Option<&Value>, path: &str) -> RestartLimit {
+        let mut r = RestartLimit::default();
+        let Some(v) = v else { return r };
+        let Some(o) = v.as_object() else {
+            self.p.add(path, "must be an object {max_restarts, window_s}");
+            return r;
+        };
+        check_keys(o, &["max_restarts", "window_s"], path, self.p);
+        if let Some(m) = o.get("max_restarts") {
+            match m.as_u64() {
+                Some(n) if n <= 10_000 => r.max_restarts = n as u32,
+                _ => self.p.add(format!("{path}.max_restarts"), "must be an integer from 0 to 10000"),
+            }
+        }
+        if let Some(w) = o.get("window_s") {
+            match w.as_f64() {
+                Some(s) if s > 0.0 && s < 1e7 => r.window = Duration::from_secs_f64(s),
+                _ => self.p.add(format!("{path}.window_s"), "must be a positive number of seconds"),
+            }
         }
         r
     }

@@ -156,21 +156,50 @@ pub struct InputSpec {
 /// Restart policy of a node (used by the resilience layer).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
+    /// Tries per chunk, the first included.
     pub max_attempts: u32,
     pub initial_delay: Duration,
     pub factor: f64,
     pub max_delay: Duration,
+    /// Relative jitter of each delay (0.1 = ±10%).
+    pub jitter: f64,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 1,
-            initial_delay: Duration::from_millis(50),
+            max_attempts: 3,
+            initial_delay: Duration::from_millis(20),
             factor: 2.0,
-            max_delay: Duration::from_secs(5),
+            max_delay: Duration::from_secs(2),
+            jitter: 0.1,
         }
     }
+}
+
+/// At most `max_restarts` worker restarts within `window`; one more fails the node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartLimit {
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
+impl Default for RestartLimit {
+    fn default() -> Self {
+        RestartLimit {
+            max_restarts: 10,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a node delivers when a chunk still fails after its retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// The node, and the run, fail.
+    Fail,
+    /// The node finishes `partial`: every completed chunk is delivered, the rest listed.
+    Partial,
 }
 
 #[derive(Debug, Clone)]
@@ -188,6 +217,12 @@ pub struct Node {
     pub timeout: Duration,
     pub startup_timeout: Duration,
     pub retry: RetryPolicy,
+    pub restart_limit: RestartLimit,
+    pub on_failure: OnFailure,
+    /// Run even when an input comes from a node that finished `partial`.
+    pub accept_partial_inputs: bool,
+    /// Address-space limit of each worker (`RLIMIT_AS`), in MiB.
+    pub memory_limit_mb: Option<u64>,
     /// Fault-injection plan passed to the workers verbatim (JSON array).
     pub faults: Option<Value>,
 }

@@ -167,6 +167,27 @@ pub fn spawn(
         Some(f) => cmd.env(livecalc_worker_host_env::FAULTS, f.to_string()),
         None => cmd.env_remove(livecalc_worker_host_env::FAULTS),
     };
+    if let Some(mb) = node.memory_limit_mb {
+        // cgroup v2 is not available on every host (this one runs cgroup v1 in a container), so
+        // the limit is the address-space rlimit, which needs no privileges: allocations beyond
+        // it fail, and engines see std::bad_alloc / MemoryError, reported as out of memory.
+        let bytes = mb.saturating_mul(1 << 20);
+        cmd.env("LIVECALC_MEMORY_LIMIT_MB", mb.to_string());
+        // SAFETY: the closure runs in the child between fork and exec and calls only setrlimit,
+        // which is async-signal-safe; it allocates nothing and touches no lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let mut child = cmd.spawn().map_err(|source| SpawnError::Start {
         path: path.clone(),
         source,

@@ -29,15 +29,41 @@ pub struct FailedChunk {
     pub index: u64,
     /// `[first_row, end_row)` along the node's chunk axis.
     pub rows: [u64; 2],
+    /// Stable label of the last failure (`signal`, `timeout`, `execution_error`, ...).
     pub cause: String,
+    pub message: String,
     pub attempts: u32,
+}
+
+/// A chunk that succeeded after more than one attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetriedChunk {
+    pub index: u64,
+    pub attempts: u32,
+    pub causes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct ChunkCounts {
     pub total: u64,
     pub done: u64,
+    /// Chunks restored from the journal of an interrupted run (`--resume`), not recomputed.
+    pub resumed: u64,
     pub failed: Vec<FailedChunk>,
+    pub retried: Vec<RetriedChunk>,
+}
+
+/// One worker failure and its replacement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovery {
+    /// Stable label: `signal`, `exit`, `timeout`, `execution_error`, `out_of_memory`, ...
+    pub cause: String,
+    pub message: String,
+    pub chunk: Option<u64>,
+    /// When the supervisor learned of the failure (Unix epoch, milliseconds).
+    pub detected_unix_ms: f64,
+    /// When the replacement worker was initialized and attached, ready for a chunk.
+    pub ready_unix_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -50,6 +76,8 @@ pub struct Timings {
     pub engine_ms: f64,
     /// Spawn to `Initialized`, per worker, milliseconds.
     pub worker_ready_ms: Vec<f64>,
+    /// `Attach` sent to `Attached` received, per worker: mapping every segment of the node.
+    pub attach_ms: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -95,6 +123,7 @@ pub struct NodeReport {
     pub runtime: Option<String>,
     pub workers: u32,
     pub worker_starts: u32,
+    pub restarts: u32,
     pub attempts: u32,
     pub rows: u64,
     pub chunk_size: u64,
@@ -103,6 +132,7 @@ pub struct NodeReport {
     pub control_bytes: ControlBytes,
     /// Dispatch-to-completion time of a chunk minus the engine's own time, microseconds.
     pub control_round_trip_us: Quantiles,
+    pub recoveries: Vec<Recovery>,
     pub warnings: Vec<String>,
     pub error: Option<String>,
 }
@@ -116,8 +146,12 @@ pub struct OutputReport {
     pub columns: Vec<String>,
     pub bytes: u64,
     pub sha256: String,
-    /// Rows this output covers; fewer than `rows` of the node when chunks failed.
+    /// False when chunks of the node failed (a `partial` node).
     pub complete: bool,
+    /// Rows of the node's chunk axis this output covers.
+    pub covers_rows: u64,
+    /// `[start, end)` row ranges of failed chunks, absent from the output.
+    pub missing_rows: Vec<[u64; 2]>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,6 +159,8 @@ pub struct Manifest {
     pub livecalc_version: &'static str,
     pub run_id: String,
     pub status: RunStatus,
+    /// True when this run continued an interrupted one (`--resume`).
+    pub resumed: bool,
     pub dag: String,
     pub dag_sha256: String,
     pub started_at: String,

@@ -1,37 +1,51 @@
 //! The run loop: one thread that owns the whole state of a run.
 //!
 //! Theory of operation:
-//! 1. Before any process starts: prepare the output folder, check `/dev/shm` has room for every
-//!    segment the run will need, load the data sources into sealed segments.
-//! 2. A node starts when every node it reads from has succeeded: its output segments are
-//!    allocated (state `Writing`) and `min(workers, chunks)` worker processes are spawned.
+//! 1. Before any process starts: prepare the output folder and the journal, check `/dev/shm`
+//!    has room for every segment the run will need, load the data sources into sealed segments.
+//! 2. A node starts when every node it reads from has finished (succeeded, or `partial` if the
+//!    node accepts partial inputs): its output segments are allocated (state `Writing`), chunks
+//!    found in the journal of a resumed run are restored, and `min(workers, chunks left)` worker
+//!    processes are spawned.
 //! 3. Each worker goes `Connecting -> Initializing -> Attaching -> Idle <-> Busy`, driven by
 //!    [`Event`]s from the pool's helper threads; an idle worker is given the next pending chunk
-//!    in chunk order. Deadlines (handshake, initialize, chunk timeout, stop grace) are computed
-//!    from the state each time round the loop, so no timer thread exists.
-//! 4. When a node's last chunk is done its outputs are sealed, per-chunk outputs are reduced in
-//!    chunk order, and its workers are told to shut down.
-//! 5. Any failure (crash, signal, timeout, engine error, handshake failure) or SIGINT/SIGTERM
-//!    stops every worker (SIGTERM to the group, grace, SIGKILL), and the run fails with a
-//!    message that names the node, the chunk and the cause.
-//! 6. Finally, whatever happened: completed DAG outputs are written as Parquet, the manifest is
-//!    written, every segment is unlinked. The loop does not return while a worker process is
-//!    alive.
+//!    in chunk order. Deadlines (handshake, initialize, chunk timeout, stop grace, delayed
+//!    restarts) are computed from the state each time round the loop; no timer thread exists.
+//! 4. A completed chunk is hashed and written to the journal. When a worker fails in any way
+//!    (crash, signal, timeout, lost channel, typed engine error) the failure is classified
+//!    ([`policy::Cause`]); its chunk goes back to pending if the cause is retriable and attempts
+//!    remain, and a fresh worker is spawned after a backoff delay, within the node's restart
+//!    limit. A chunk is never re-run while the worker that last ran it is alive, and its output
+//!    region is cleared before it is, so a half-written region is never read.
+//! 5. When no chunk is pending or running, the node's completed chunks are verified against
+//!    their hashes (a region overwritten by another worker is restored from the journal), its
+//!    outputs are sealed, per-chunk outputs are reduced in chunk order, and its workers are told
+//!    to shut down. A node with failed chunks fails the run, or, with `on_failure: partial`,
+//!    finishes `partial` and the run continues.
+//! 6. SIGINT/SIGTERM, or a failing node, stops every worker (SIGTERM to the group, grace,
+//!    SIGKILL). Finally, whatever happened: delivered outputs are written as Parquet, the
+//!    manifest is written, every segment is unlinked. The loop does not return while a worker
+//!    process is alive.
 
+pub mod journal;
 pub mod manifest;
+pub mod policy;
 
 use crate::bus::{files, Bus, BusError, SegmentId};
-use crate::config::model::{Dag, Node, OutputSpec, Producer, SourceFormat};
+use crate::config::model::{Dag, Node, OnFailure, OutputSpec, Producer, SourceFormat};
 use crate::pool::{self, Event, ProcessEnd, WorkerId};
 use ipc_channel::ipc::IpcSender;
-use livecalc_protocol::layout::SegmentState;
+use journal::Journal;
+use livecalc_protocol::layout::{ColumnEntry, SegmentState};
 use livecalc_protocol::{
-    ChunkSpan, EngineInfo, FromWorker, InputBinding, OutputBinding, ToWorker, PROTOCOL_VERSION,
+    ChunkSpan, EngineInfo, FromWorker, InputBinding, OutputBinding, OutputKind, ToWorker,
+    PROTOCOL_VERSION,
 };
 use manifest::*;
 use nix::sys::signal::Signal;
+use policy::{Backoff, Cause};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime};
@@ -41,6 +55,8 @@ pub struct RunOptions {
     pub out_dir: PathBuf,
     /// Grace period between SIGTERM and SIGKILL when stopping a worker.
     pub grace: Duration,
+    /// Continue the interrupted run whose journal is in `out_dir`.
+    pub resume: bool,
 }
 
 impl RunOptions {
@@ -48,6 +64,7 @@ impl RunOptions {
         RunOptions {
             out_dir: out_dir.into(),
             grace: Duration::from_secs(2),
+            resume: false,
         }
     }
 }
@@ -57,6 +74,8 @@ impl RunOptions {
 pub enum RunError {
     #[error("output folder {path}: {message}")]
     OutDir { path: PathBuf, message: String },
+    #[error("cannot resume: {0}")]
+    Resume(String),
     #[error(transparent)]
     Bus(#[from] BusError),
     #[error("data source '{source_name}': {message}")]
@@ -90,7 +109,7 @@ impl RunOutcome {
 enum Phase {
     Connecting { deadline: Instant },
     Initializing { deadline: Instant },
-    Attaching { deadline: Instant },
+    Attaching { deadline: Instant, since: Instant },
     Idle,
     Busy {
         chunk: usize,
@@ -102,7 +121,7 @@ enum Phase {
     /// shortly, tells why.
     Lost { was: Box<Phase>, deadline: Instant },
     Stopping { deadline: Instant, killed: bool },
-    Gone(ProcessEnd),
+    Gone,
 }
 
 impl Phase {
@@ -110,16 +129,24 @@ impl Phase {
         match self {
             Phase::Connecting { deadline }
             | Phase::Initializing { deadline }
-            | Phase::Attaching { deadline }
+            | Phase::Attaching { deadline, .. }
             | Phase::Busy { deadline, .. }
             | Phase::Lost { deadline, .. }
             | Phase::Stopping { deadline, .. } => Some(*deadline),
-            Phase::Idle | Phase::Gone(_) => None,
+            Phase::Idle | Phase::Gone => None,
         }
     }
 
     fn is_active(&self) -> bool {
-        !matches!(self, Phase::Stopping { .. } | Phase::Gone(_))
+        !matches!(self, Phase::Stopping { .. } | Phase::Gone)
+    }
+
+    fn busy_chunk(&self) -> Option<usize> {
+        match self {
+            Phase::Busy { chunk, .. } => Some(*chunk),
+            Phase::Lost { was, .. } => was.busy_chunk(),
+            _ => None,
+        }
     }
 }
 
@@ -132,14 +159,16 @@ struct Worker {
     phase: Phase,
     commands: Option<IpcSender<ToWorker>>,
     spawned_at: Instant,
+    /// Set when the worker replaces a failed one: the recovery it completes once ready.
+    replaces: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 enum ChunkState {
     Pending,
     Running { worker: WorkerId },
-    Done,
-    Failed { cause: String },
+    Done { hash: u64 },
+    Failed { kind: &'static str, message: String },
 }
 
 #[derive(Debug)]
@@ -148,6 +177,10 @@ struct Chunk {
     state: ChunkState,
     attempts: u32,
     control_bytes: u64,
+    /// The worker that last ran this chunk: it must be gone before the chunk runs again.
+    fence: Option<WorkerId>,
+    causes: Vec<String>,
+    resumed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +188,7 @@ enum NodeStatus {
     Waiting,
     Running,
     Succeeded,
+    Partial,
     Failed(String),
     Cancelled(String),
 }
@@ -187,12 +221,23 @@ struct NodeRun {
     engine_ms: f64,
     ready_ms: Vec<f64>,
     round_trip_us: Vec<f64>,
+    attach_ms: Vec<f64>,
+    backoff: Backoff,
+    /// Restart times, for the restart limit.
+    restarts: Vec<Instant>,
+    /// Replacement workers waiting for their backoff delay.
+    respawns: Vec<Instant>,
+    recoveries: Vec<Recovery>,
+    /// Recoveries whose replacement worker is not yet ready, oldest first.
+    open_recoveries: VecDeque<usize>,
 }
 
 struct Run<'a> {
     dag: &'a Dag,
     opts: &'a RunOptions,
     bus: Bus,
+    /// Completed chunks, persisted for `--resume`; `None` once removed after success.
+    journal: Option<Journal>,
     tx: Sender<Event>,
     rx: Receiver<Event>,
     t0: Instant,
@@ -208,7 +253,15 @@ struct Run<'a> {
 pub fn run(dag: &Dag, opts: &RunOptions) -> Result<RunOutcome, RunError> {
     let started_at = SystemTime::now();
     let t0 = Instant::now();
-    prepare_out_dir(&opts.out_dir)?;
+    prepare_out_dir(&opts.out_dir, opts.resume)?;
+    let journal = if opts.resume {
+        Journal::resume(&opts.out_dir, dag).map_err(RunError::Resume)?
+    } else {
+        Journal::create(&opts.out_dir, dag).map_err(|e| RunError::OutDir {
+            path: opts.out_dir.clone(),
+            message: format!("cannot create the run journal: {e}"),
+        })?
+    };
     let bus = Bus::new()?;
     Bus::check_space(planned_bytes(dag))?;
     let (tx, rx) = mpsc::channel();
@@ -217,6 +270,7 @@ pub fn run(dag: &Dag, opts: &RunOptions) -> Result<RunOutcome, RunError> {
         dag,
         opts,
         bus,
+        journal: Some(journal),
         tx,
         rx,
         t0,
@@ -236,6 +290,12 @@ pub fn run(dag: &Dag, opts: &RunOptions) -> Result<RunOutcome, RunError> {
                 engine_ms: 0.0,
                 ready_ms: Vec::new(),
                 round_trip_us: Vec::new(),
+                attach_ms: Vec::new(),
+                backoff: Backoff::new(&n.retry, seed_of(&n.id)),
+                restarts: Vec::new(),
+                respawns: Vec::new(),
+                recoveries: Vec::new(),
+                open_recoveries: VecDeque::new(),
             })
             .collect(),
         workers: Vec::new(),
@@ -262,6 +322,11 @@ pub fn run(dag: &Dag, opts: &RunOptions) -> Result<RunOutcome, RunError> {
     Ok(RunOutcome { manifest })
 }
 
+fn seed_of(s: &str) -> u64 {
+    s.bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
 fn listen_for_signals(tx: Sender<Event>) -> Result<signal_hook::iterator::Handle, RunError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals =
@@ -280,15 +345,23 @@ fn listen_for_signals(tx: Sender<Event>) -> Result<signal_hook::iterator::Handle
     Ok(handle)
 }
 
-fn prepare_out_dir(dir: &Path) -> Result<(), RunError> {
+fn prepare_out_dir(dir: &Path, resume: bool) -> Result<(), RunError> {
     let err = |message: String| RunError::OutDir {
         path: dir.to_path_buf(),
         message,
     };
+    if resume {
+        return if dir.is_dir() {
+            Ok(())
+        } else {
+            Err(RunError::Resume(format!("{} does not exist", dir.display())))
+        };
+    }
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     let mut entries = std::fs::read_dir(dir).map_err(|e| err(e.to_string()))?;
     let non_empty = entries.next().is_some();
-    if non_empty && !dir.join("manifest.json").is_file() {
+    let ours = dir.join("manifest.json").is_file() || Journal::dir_in(dir).join("run.json").is_file();
+    if non_empty && !ours {
         return Err(err(
             "is not empty and holds no earlier LiveCalc run (no manifest.json); choose an empty or new folder"
                 .into(),
@@ -312,12 +385,19 @@ fn plan_chunks(n: &Node) -> Vec<Chunk> {
                 state: ChunkState::Pending,
                 attempts: 0,
                 control_bytes: 0,
+                fence: None,
+                causes: Vec::new(),
+                resumed: false,
             }
         })
         .collect()
 }
 
-fn output_columns(o: &OutputSpec, rows: u64, chunks: u64) -> Vec<(String, livecalc_protocol::DType, Vec<u64>)> {
+fn output_columns(
+    o: &OutputSpec,
+    rows: u64,
+    chunks: u64,
+) -> Vec<(String, livecalc_protocol::DType, Vec<u64>)> {
     o.columns
         .iter()
         .map(|c| {
@@ -356,6 +436,31 @@ fn postcard_len<T: serde::Serialize>(msg: &T) -> u64 {
     postcard::to_stdvec(msg).map(|v| v.len() as u64).unwrap_or(0)
 }
 
+/// A fast 64-bit hash of byte regions (word-wise multiply-rotate), to notice a completed
+/// chunk's output being overwritten.
+fn hash_regions(parts: &[&[u8]]) -> u64 {
+    let mut h = 0x9E37_79B9_7F4A_7C15u64;
+    for p in parts {
+        let mut words = p.chunks_exact(8);
+        for w in &mut words {
+            let v = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            h = (h ^ v).wrapping_mul(0xBF58_476D_1CE4_E5B9).rotate_left(29);
+        }
+        for &b in words.remainder() {
+            h = (h ^ b as u64).wrapping_mul(0x94D0_49BB_1331_11EB).rotate_left(17);
+        }
+        h ^= p.len() as u64;
+    }
+    h
+}
+
+fn unix_ms(t: SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1e3
+}
+
 impl Run<'_> {
     fn ms(&self, t: Instant) -> f64 {
         t.duration_since(self.t0).as_secs_f64() * 1e3
@@ -389,14 +494,16 @@ impl Run<'_> {
             if rows != s.rows {
                 return Err(RunError::Load {
                     source_name: s.name.clone(),
-                    message: format!("read {rows} rows, expected {} (did the file change?)", s.rows),
+                    message: format!(
+                        "read {rows} rows, expected {} (did the file change?)",
+                        s.rows
+                    ),
                 });
             }
             self.bus.set_state(id, SegmentState::Sealed);
             self.sources.insert(s.name.clone(), id);
-            tracing::info!(source = %s.name, rows, format = ?s.format, "loaded data source");
-            if s.format == SourceFormat::Sequence {
-                tracing::debug!(source = %s.name, "synthetic sequence");
+            if s.format != SourceFormat::Sequence {
+                tracing::info!(source = %s.name, rows, "loaded data source");
             }
         }
         Ok(())
@@ -407,16 +514,12 @@ impl Run<'_> {
             if self.abort.is_none() {
                 self.start_ready_nodes();
             }
-            let live = self.workers.iter().any(|w| !matches!(w.phase, Phase::Gone(_)));
-            let open = self
+            let live = self.workers.iter().any(|w| !matches!(w.phase, Phase::Gone));
+            let running = self
                 .nodes
                 .iter()
-                .any(|n| matches!(n.status, NodeStatus::Waiting | NodeStatus::Running));
-            if !live && (!open || self.abort.is_some()) {
-                break;
-            }
-            if !live && open && !self.nodes.iter().any(|n| n.status == NodeStatus::Running) {
-                // Waiting nodes whose inputs can never arrive.
+                .any(|n| n.status == NodeStatus::Running);
+            if !live && !running {
                 for n in &mut self.nodes {
                     if n.status == NodeStatus::Waiting {
                         n.status = NodeStatus::Cancelled("an upstream node did not succeed".into());
@@ -424,7 +527,12 @@ impl Run<'_> {
                 }
                 break;
             }
-            let next = self.workers.iter().filter_map(|w| w.phase.deadline()).min();
+            let next = self
+                .workers
+                .iter()
+                .filter_map(|w| w.phase.deadline())
+                .chain(self.nodes.iter().flat_map(|n| n.respawns.iter().copied()))
+                .min();
             let event = match next {
                 Some(d) => {
                     let now = Instant::now();
@@ -462,13 +570,22 @@ impl Run<'_> {
                     let j = self.node_index(up);
                     match &self.nodes[j].status {
                         NodeStatus::Succeeded => {}
-                        NodeStatus::Failed(_) | NodeStatus::Cancelled(_) => {
-                            self.nodes[i].status =
-                                NodeStatus::Cancelled(format!("upstream node '{up}' did not succeed"));
+                        NodeStatus::Partial if node.accept_partial_inputs => {}
+                        NodeStatus::Partial => {
+                            self.nodes[i].status = NodeStatus::Cancelled(format!(
+                                "upstream node '{up}' is partial and this node does not set accept_partial_inputs"
+                            ));
                             ready = false;
                             break;
                         }
-                        _ => ready = false,
+                        NodeStatus::Failed(_) | NodeStatus::Cancelled(_) => {
+                            self.nodes[i].status = NodeStatus::Cancelled(format!(
+                                "upstream node '{up}' did not succeed"
+                            ));
+                            ready = false;
+                            break;
+                        }
+                        NodeStatus::Waiting | NodeStatus::Running => ready = false,
                     }
                 }
             }
@@ -508,20 +625,94 @@ impl Run<'_> {
                 }
             }
         }
-        tracing::info!(node = %node.id, rows = node.rows, chunks, workers = node.workers, "node started");
-        if chunks == 0 {
-            self.complete_node(i);
+        self.restore_from_journal(i);
+        let left = self.nodes[i]
+            .chunks
+            .iter()
+            .filter(|c| c.state == ChunkState::Pending)
+            .count() as u64;
+        tracing::info!(node = %node.id, rows = node.rows, chunks, left, workers = node.workers, "node started");
+        if left == 0 {
+            self.check_node_finished(i);
             return;
         }
-        let count = (node.workers as u64).min(chunks) as u32;
+        let count = (node.workers as u64).min(left) as u32;
         for k in 0..count {
-            self.spawn_worker(i, k, 1);
+            self.spawn_worker(i, k, None);
         }
     }
 
-    fn spawn_worker(&mut self, i: usize, index: u32, spawn_no: u32) {
+    /// Byte regions (segment, offset, length) a chunk writes, in output and column order.
+    fn chunk_regions(&self, i: usize, k: usize) -> Vec<(SegmentId, ColumnEntry, usize, usize)> {
+        let node = &self.dag.nodes[i];
+        let span = self.nodes[i].chunks[k].span;
+        let mut out = Vec::new();
+        for (o, segs) in node.outputs.iter().zip(&self.nodes[i].outputs) {
+            let header = self.bus.header(segs.live);
+            for c in &header.columns {
+                let rb = c.row_bytes() as usize;
+                let (start, len) = match o.kind() {
+                    OutputKind::Rows => (span.row_start as usize * rb, span.row_count as usize * rb),
+                    OutputKind::PerChunk => (span.index as usize * rb, rb),
+                };
+                out.push((segs.live, c.clone(), start, len));
+            }
+        }
+        out
+    }
+
+    /// The bytes of a chunk's regions.
+    ///
+    /// # Safety
+    /// No worker may be writing the chunk (it is done, failed with its worker gone, or not
+    /// dispatched).
+    unsafe fn region_bytes(&self, i: usize, k: usize) -> Vec<&mut [u8]> {
+        self.chunk_regions(i, k)
+            .into_iter()
+            .map(|(seg, col, start, len)| {
+                // SAFETY: forwarded; regions of distinct columns never overlap.
+                let all = unsafe { self.bus.column_bytes_mut(seg, &col) };
+                &mut all[start..start + len]
+            })
+            .collect()
+    }
+
+    fn restore_from_journal(&mut self, i: usize) {
+        if !self.opts.resume {
+            return;
+        }
+        let Some(j) = &self.journal else { return };
+        let id = self.dag.nodes[i].id.clone();
+        for k in 0..self.nodes[i].chunks.len() {
+            let len: usize = self.chunk_regions(i, k).iter().map(|r| r.3).sum();
+            let index = self.nodes[i].chunks[k].span.index;
+            let Some(bytes) = j.load(&id, index, len) else {
+                continue;
+            };
+            // SAFETY: the node has just started; no worker exists for it yet.
+            let regions = unsafe { self.region_bytes(i, k) };
+            let mut at = 0;
+            for r in regions {
+                let n = r.len();
+                r.copy_from_slice(&bytes[at..at + n]);
+                at += n;
+            }
+            // SAFETY: as above.
+            let hash = hash_regions(&unsafe { self.region_bytes(i, k) }.iter().map(|r| &**r).collect::<Vec<_>>());
+            let c = &mut self.nodes[i].chunks[k];
+            c.state = ChunkState::Done { hash };
+            c.resumed = true;
+        }
+        let restored = self.nodes[i].chunks.iter().filter(|c| c.resumed).count();
+        if restored > 0 {
+            tracing::info!(node = %id, restored, "chunks restored from the journal");
+        }
+    }
+
+    fn spawn_worker(&mut self, i: usize, index: u32, replaces: Option<usize>) {
         let node = &self.dag.nodes[i];
         let id = WorkerId(self.workers.len());
+        let spawn_no = self.nodes[i].workers.len() as u32 + 1;
         match pool::spawn(node, id, index, spawn_no, &self.dag.dir, &self.tx) {
             Ok(s) => {
                 tracing::debug!(node = %node.id, worker = index, pid = s.pid, "worker spawned");
@@ -535,10 +726,14 @@ impl Run<'_> {
                     },
                     commands: None,
                     spawned_at: Instant::now(),
+                    replaces,
                 });
                 self.nodes[i].workers.push(id);
             }
-            Err(e) => self.fail_node(i, format!("node '{}': {e}", node.id)),
+            Err(e) => {
+                let msg = format!("node '{}': {e}", node.id);
+                self.node_fatal(i, msg);
+            }
         }
     }
 
@@ -615,12 +810,12 @@ impl Run<'_> {
                 },
             )) => {
                 if protocol_version != PROTOCOL_VERSION {
-                    let msg = format!(
-                        "{}: speaks protocol {protocol_version}, this supervisor {PROTOCOL_VERSION}",
-                        self.worker_label(w)
+                    self.worker_failed(
+                        w,
+                        Cause::Handshake(format!(
+                            "speaks protocol {protocol_version}, this supervisor {PROTOCOL_VERSION}"
+                        )),
                     );
-                    self.fail_node(i, msg);
-                    self.stop(w);
                     return;
                 }
                 pool::read_messages(w, rx, self.tx.clone());
@@ -636,27 +831,29 @@ impl Run<'_> {
                 let sent = commands.send(msg).is_ok();
                 wk.commands = Some(commands);
                 if !sent {
-                    self.stop(w);
+                    self.worker_failed(w, Cause::ChannelLost);
                 }
             }
             Ok((_, FromWorker::Refused { error, .. })) => {
-                let msg = format!("node '{}': engine type '{}' could not be created: {error}", node.id, node.type_name);
-                self.fail_node(i, msg);
-                self.workers[w.0].phase = Phase::Stopping {
-                    deadline: Instant::now() + self.opts.grace,
-                    killed: false,
-                };
+                let cause = Cause::Engine(error);
+                let msg = format!(
+                    "node '{}': engine type '{}' could not be created: {cause}",
+                    node.id, node.type_name
+                );
+                if cause.is_retriable() {
+                    self.worker_failed(w, cause);
+                } else {
+                    self.workers[w.0].phase = Phase::Stopping {
+                        deadline: Instant::now() + self.opts.grace,
+                        killed: false,
+                    };
+                    self.node_fatal(i, msg);
+                }
             }
             Ok((_, other)) => {
-                let msg = format!("{}: sent {other:?} before Hello", self.worker_label(w));
-                self.fail_node(i, msg);
-                self.stop(w);
+                self.worker_failed(w, Cause::Handshake(format!("sent {other:?} before Hello")))
             }
-            Err(e) => {
-                let msg = format!("{}: handshake failed: {e}", self.worker_label(w));
-                self.fail_node(i, msg);
-                self.stop(w);
-            }
+            Err(e) => self.worker_failed(w, Cause::Handshake(e)),
         }
     }
 
@@ -680,12 +877,23 @@ impl Run<'_> {
                 self.nodes[i].ready_ms.push(ready);
                 let bind = self.bindings(i);
                 let deadline = Instant::now() + node.startup_timeout;
-                self.workers[w.0].phase = Phase::Attaching { deadline };
+                self.workers[w.0].phase = Phase::Attaching {
+                    deadline,
+                    since: Instant::now(),
+                };
                 if self.send(w, bind).is_err() {
-                    self.stop(w);
+                    self.worker_failed(w, Cause::ChannelLost);
                 }
             }
             FromWorker::Attached => {
+                if let Phase::Attaching { since, .. } = self.workers[w.0].phase {
+                    self.nodes[i]
+                        .attach_ms
+                        .push(since.elapsed().as_secs_f64() * 1e3);
+                }
+                if let Some(r) = self.workers[w.0].replaces.take() {
+                    self.nodes[i].recoveries[r].ready_unix_ms = Some(unix_ms(SystemTime::now()));
+                }
                 self.workers[w.0].phase = Phase::Idle;
                 self.dispatch(w);
             }
@@ -701,53 +909,61 @@ impl Run<'_> {
                     ..
                 } = self.workers[w.0].phase
                 else {
-                    let msg = format!("{}: reported chunk {index} it was not given", self.worker_label(w));
-                    self.fail_node(i, msg);
-                    self.stop(w);
+                    self.worker_failed(
+                        w,
+                        Cause::Handshake(format!("reported chunk {index} it was not given")),
+                    );
                     return;
                 };
                 if chunk as u64 != index {
-                    let msg = format!("{}: reported chunk {index} while running chunk {chunk}", self.worker_label(w));
-                    self.fail_node(i, msg);
-                    self.stop(w);
+                    self.worker_failed(
+                        w,
+                        Cause::Handshake(format!(
+                            "reported chunk {index} while running chunk {chunk}"
+                        )),
+                    );
                     return;
                 }
-                let nr = &mut self.nodes[i];
-                let c = &mut nr.chunks[chunk];
-                c.state = ChunkState::Done;
-                c.control_bytes += sent + reply_len;
-                nr.engine_ms += result.execution_time_ms;
-                // Control overhead of the chunk: the round trip minus the engine's own time.
-                let rt = sent_at.elapsed().as_secs_f64() * 1e6 - result.execution_time_ms * 1e3;
-                nr.round_trip_us.push(rt.max(0.0));
-                for warning in result.warnings {
-                    nr.warnings.push(format!("chunk {index}: {warning}"));
-                }
                 self.workers[w.0].phase = Phase::Idle;
-                if self.nodes[i].status == NodeStatus::Running {
-                    self.dispatch(w);
-                }
+                self.chunk_done(i, chunk, sent + reply_len, sent_at, result);
+                self.dispatch(w);
             }
-            FromWorker::Failed { op, error } => {
-                let at = match (&self.workers[w.0].phase, op) {
-                    (Phase::Busy { chunk, .. }, _) => self.chunk_label(i, *chunk),
-                    (_, op) => format!("{} during {op}", self.worker_label(w)),
-                };
-                if let Phase::Busy { chunk, .. } = self.workers[w.0].phase {
-                    self.nodes[i].chunks[chunk].state = ChunkState::Failed {
-                        cause: error.to_string(),
-                    };
-                }
-                self.fail_node(i, format!("{at}: {error}"));
-                self.workers[w.0].phase = Phase::Idle;
-                self.stop(w);
-            }
+            FromWorker::Failed { error, .. } => self.worker_failed(w, Cause::Engine(error)),
             FromWorker::Disposed => {}
             FromWorker::Hello { .. } | FromWorker::Refused { .. } => {
-                let msg = format!("{}: sent a second handshake", self.worker_label(w));
-                self.fail_node(i, msg);
-                self.stop(w);
+                self.worker_failed(w, Cause::Handshake("sent a second handshake".into()))
             }
+        }
+    }
+
+    fn chunk_done(
+        &mut self,
+        i: usize,
+        k: usize,
+        bytes: u64,
+        sent_at: Instant,
+        result: livecalc_protocol::ExecutionResult,
+    ) {
+        // SAFETY: the worker reported the chunk finished and is idle; nobody else writes it.
+        let regions = unsafe { self.region_bytes(i, k) };
+        let parts: Vec<&[u8]> = regions.iter().map(|r| &**r).collect();
+        let hash = hash_regions(&parts);
+        let index = self.nodes[i].chunks[k].span.index;
+        if let Some(j) = &self.journal {
+            if let Err(e) = j.save(&self.dag.nodes[i].id, index, &parts) {
+                tracing::warn!(error = %e, "cannot journal chunk {index}; a resume would recompute it");
+            }
+        }
+        let nr = &mut self.nodes[i];
+        let c = &mut nr.chunks[k];
+        c.state = ChunkState::Done { hash };
+        c.control_bytes += bytes;
+        nr.engine_ms += result.execution_time_ms;
+        // Control overhead of the chunk: the round trip minus the engine's own time.
+        let rt = sent_at.elapsed().as_secs_f64() * 1e6 - result.execution_time_ms * 1e3;
+        nr.round_trip_us.push(rt.max(0.0));
+        for warning in result.warnings {
+            nr.warnings.push(format!("chunk {index}: {warning}"));
         }
     }
 
@@ -789,64 +1005,235 @@ impl Run<'_> {
         ToWorker::Attach { inputs, outputs }
     }
 
+    fn fence_cleared(&self, c: &Chunk) -> bool {
+        c.fence
+            .is_none_or(|f| matches!(self.workers[f.0].phase, Phase::Gone))
+    }
+
+    /// Give an idle worker the next runnable chunk; when none is left, see if the node is done.
     fn dispatch(&mut self, w: WorkerId) {
         let i = self.workers[w.0].node;
         if self.nodes[i].status != NodeStatus::Running || self.abort.is_some() {
             return;
         }
-        let next = self.nodes[i]
-            .chunks
-            .iter()
-            .position(|c| c.state == ChunkState::Pending);
-        match next {
-            Some(k) => {
-                let c = &mut self.nodes[i].chunks[k];
-                c.attempts += 1;
-                c.state = ChunkState::Running { worker: w };
-                let msg = ToWorker::RunChunk {
-                    chunk: c.span,
-                    attempt: c.attempts,
-                };
-                let timeout = self.dag.nodes[i].timeout;
-                match self.send(w, msg) {
-                    Ok(sent) => {
-                        self.workers[w.0].phase = Phase::Busy {
-                            chunk: k,
-                            deadline: Instant::now() + timeout,
-                            sent,
-                            sent_at: Instant::now(),
-                        };
-                    }
-                    Err(()) => {
-                        // The channel is gone: the exit event will say why.
-                        self.workers[w.0].phase = Phase::Busy {
-                            chunk: k,
-                            deadline: Instant::now() + Duration::from_secs(2),
-                            sent: 0,
-                            sent_at: Instant::now(),
-                        };
-                    }
-                }
+        if !matches!(self.workers[w.0].phase, Phase::Idle) {
+            return;
+        }
+        let next = (0..self.nodes[i].chunks.len()).find(|&k| {
+            let c = &self.nodes[i].chunks[k];
+            c.state == ChunkState::Pending && self.fence_cleared(c)
+        });
+        let Some(k) = next else {
+            self.check_node_finished(i);
+            return;
+        };
+        if self.nodes[i].chunks[k].attempts > 0 {
+            // A retry: clear whatever the failed attempt left behind.
+            // SAFETY: the fence guarantees the previous worker is gone; no one else has it.
+            for r in unsafe { self.region_bytes(i, k) } {
+                r.fill(0);
             }
-            None => {
-                if self.nodes[i].chunks.iter().all(|c| c.state == ChunkState::Done) {
-                    self.complete_node(i);
-                }
+        }
+        let c = &mut self.nodes[i].chunks[k];
+        c.attempts += 1;
+        c.state = ChunkState::Running { worker: w };
+        let msg = ToWorker::RunChunk {
+            chunk: c.span,
+            attempt: c.attempts,
+        };
+        let timeout = self.dag.nodes[i].timeout;
+        let sent = self.send(w, msg);
+        self.workers[w.0].phase = Phase::Busy {
+            chunk: k,
+            deadline: Instant::now() + timeout,
+            sent: sent.unwrap_or(0),
+            sent_at: Instant::now(),
+        };
+        if sent.is_err() {
+            self.worker_failed(w, Cause::ChannelLost);
+        }
+    }
+
+    fn dispatch_idle(&mut self, i: usize) {
+        for w in self.nodes[i].workers.clone() {
+            if matches!(self.workers[w.0].phase, Phase::Idle) {
+                self.dispatch(w);
             }
         }
     }
 
-    fn complete_node(&mut self, i: usize) {
+    /// Classify and handle a failed worker: retry its chunk or give it up, restart or not.
+    fn worker_failed(&mut self, w: WorkerId, cause: Cause) {
+        let i = self.workers[w.0].node;
         let node = &self.dag.nodes[i];
+        let busy = self.workers[w.0].phase.busy_chunk();
+        let where_ = match busy {
+            Some(k) => self.chunk_label(i, k),
+            None => self.worker_label(w),
+        };
+        let phase_word = match &self.workers[w.0].phase {
+            Phase::Connecting { .. } => " before connecting",
+            Phase::Initializing { .. } => " during initialize",
+            Phase::Attaching { .. } => " while attaching segments",
+            _ => "",
+        };
+        let message = match &cause {
+            Cause::Died(_) if busy.is_some() => {
+                format!("{where_}: worker pid {} {cause}", self.workers[w.0].pid)
+            }
+            Cause::Died(_) if phase_word.is_empty() => format!("{where_}: exited unexpectedly: {cause}"),
+            Cause::Died(_) if phase_word == " during initialize" => format!("{where_}: died during initialize: {cause}"),
+            Cause::Died(_) => format!("{where_}: exited{phase_word}: {cause}"),
+            Cause::Startup(t) if matches!(self.workers[w.0].phase, Phase::Connecting { .. }) => {
+                format!("{where_}: did not connect within {:.1} s (startup_timeout_s)", t.as_secs_f64())
+            }
+            _ => format!("{where_}{phase_word}: {cause}"),
+        };
+        tracing::warn!("{message}");
+        self.stop(w);
+        if self.nodes[i].status != NodeStatus::Running {
+            return;
+        }
+        let max_attempts = node.retry.max_attempts;
+        if let Some(k) = busy {
+            let c = &mut self.nodes[i].chunks[k];
+            c.fence = Some(w);
+            c.causes.push(message.clone());
+            if cause.is_retriable() && c.attempts < max_attempts {
+                c.state = ChunkState::Pending;
+            } else {
+                c.state = ChunkState::Failed {
+                    kind: cause.kind(),
+                    message: message.clone(),
+                };
+                if node.on_failure == OnFailure::Fail {
+                    self.fail_node(i, message);
+                    return;
+                }
+            }
+        } else if !cause.is_retriable() {
+            self.node_fatal(i, message);
+            return;
+        }
+        // A replacement, if there is still work and the restart budget allows it.
+        let now = Instant::now();
+        let limit = &node.restart_limit;
+        let nr = &mut self.nodes[i];
+        nr.restarts.retain(|t| now.duration_since(*t) <= limit.window);
+        let remaining = nr
+            .chunks
+            .iter()
+            .filter(|c| matches!(c.state, ChunkState::Pending))
+            .count();
+        if remaining == 0 {
+            self.check_node_finished(i);
+            return;
+        }
+        if nr.restarts.len() as u32 >= limit.max_restarts {
+            let msg = format!(
+                "node '{}': restart limit reached ({} restarts within {:.0} s); last failure: {message}",
+                node.id,
+                limit.max_restarts,
+                limit.window.as_secs_f64()
+            );
+            self.node_fatal(i, msg);
+            return;
+        }
+        nr.restarts.push(now);
+        nr.recoveries.push(Recovery {
+            cause: cause.kind().to_string(),
+            message,
+            chunk: busy.map(|k| nr.chunks[k].span.index),
+            detected_unix_ms: unix_ms(SystemTime::now()),
+            ready_unix_ms: None,
+        });
+        nr.open_recoveries.push_back(nr.recoveries.len() - 1);
+        let delay = nr.backoff.next().unwrap_or_default();
+        nr.respawns.push(now + delay);
+    }
+
+    /// Every chunk not yet done fails with `message` (a cause no retry can fix).
+    fn node_fatal(&mut self, i: usize, message: String) {
+        if self.nodes[i].status != NodeStatus::Running {
+            return;
+        }
+        for c in &mut self.nodes[i].chunks {
+            if matches!(c.state, ChunkState::Pending | ChunkState::Running { .. }) {
+                if let ChunkState::Running { worker } = c.state {
+                    c.fence = Some(worker);
+                }
+                c.state = ChunkState::Failed {
+                    kind: "node_failed",
+                    message: message.clone(),
+                };
+            }
+        }
+        self.nodes[i].respawns.clear();
+        for w in self.nodes[i].workers.clone() {
+            self.stop(w);
+        }
+        if self.dag.nodes[i].on_failure == OnFailure::Fail {
+            self.fail_node(i, message);
+        } else {
+            self.errors.push(message);
+            self.check_node_finished(i);
+        }
+    }
+
+    /// Finish the node if no chunk is pending or running and no failed chunk's worker lives.
+    fn check_node_finished(&mut self, i: usize) {
+        if self.nodes[i].status != NodeStatus::Running {
+            return;
+        }
+        let nr = &self.nodes[i];
+        let open = nr
+            .chunks
+            .iter()
+            .any(|c| matches!(c.state, ChunkState::Pending | ChunkState::Running { .. }));
+        let fenced = nr
+            .chunks
+            .iter()
+            .any(|c| matches!(c.state, ChunkState::Failed { .. }) && !self.fence_cleared(c));
+        if open || fenced {
+            return;
+        }
+        let failed = nr
+            .chunks
+            .iter()
+            .filter(|c| matches!(c.state, ChunkState::Failed { .. }))
+            .count();
+        if failed > 0 && self.dag.nodes[i].on_failure == OnFailure::Fail {
+            let first = nr.chunks.iter().find_map(|c| match &c.state {
+                ChunkState::Failed { message, .. } => Some(message.clone()),
+                _ => None,
+            });
+            self.fail_node(i, first.unwrap_or_default());
+            return;
+        }
+        self.complete_node(i, failed > 0);
+    }
+
+    fn complete_node(&mut self, i: usize, partial: bool) {
+        let node = &self.dag.nodes[i];
+        self.verify_chunks(i);
+        if partial {
+            // Failed chunks contribute nothing: their regions are zero, and stay out of the
+            // Parquet files.
+            for k in 0..self.nodes[i].chunks.len() {
+                if matches!(self.nodes[i].chunks[k].state, ChunkState::Failed { .. }) {
+                    // SAFETY: the failed chunk's last worker is gone (checked by the caller).
+                    for r in unsafe { self.region_bytes(i, k) } {
+                        r.fill(0);
+                    }
+                }
+            }
+        }
         for (k, o) in node.outputs.iter().enumerate() {
             let live = self.nodes[i].outputs[k].live;
             self.bus.set_state(live, SegmentState::Sealed);
             if let Some(how) = o.reduce {
                 match self.bus.reduce(live, &node.id, how) {
-                    Ok(r) => {
-                        self.nodes[i].outputs[k].reduced = Some(r);
-                        self.bus.release(live);
-                    }
+                    Ok(r) => self.nodes[i].outputs[k].reduced = Some(r),
                     Err(e) => {
                         self.fail_node(i, format!("node '{}': {e}", node.id));
                         return;
@@ -854,11 +1241,58 @@ impl Run<'_> {
                 }
             }
         }
-        self.nodes[i].status = NodeStatus::Succeeded;
+        self.nodes[i].status = if partial {
+            NodeStatus::Partial
+        } else {
+            NodeStatus::Succeeded
+        };
         self.nodes[i].finished = Some(Instant::now());
-        tracing::info!(node = %node.id, "node succeeded");
+        self.nodes[i].respawns.clear();
+        tracing::info!(node = %node.id, partial, "node finished");
         for w in self.nodes[i].workers.clone() {
             self.stop(w);
+        }
+    }
+
+    /// A completed chunk's regions must still hash to what they were when it completed; if a
+    /// misbehaving worker wrote outside its own rows, restore the chunk from the journal.
+    fn verify_chunks(&mut self, i: usize) {
+        let id = self.dag.nodes[i].id.clone();
+        for k in 0..self.nodes[i].chunks.len() {
+            let ChunkState::Done { hash } = self.nodes[i].chunks[k].state else {
+                continue;
+            };
+            // SAFETY: every chunk is done or failed with its worker gone; no one writes.
+            let now = hash_regions(&unsafe { self.region_bytes(i, k) }.iter().map(|r| &**r).collect::<Vec<_>>());
+            if now == hash {
+                continue;
+            }
+            let index = self.nodes[i].chunks[k].span.index;
+            let len: usize = self.chunk_regions(i, k).iter().map(|r| r.3).sum();
+            let saved = self.journal.as_ref().and_then(|j| j.load(&id, index, len));
+            let label = self.chunk_label(i, k);
+            match saved {
+                Some(bytes) => {
+                    let mut at = 0;
+                    // SAFETY: as above.
+                    for r in unsafe { self.region_bytes(i, k) } {
+                        let n = r.len();
+                        r.copy_from_slice(&bytes[at..at + n]);
+                        at += n;
+                    }
+                    let msg = format!("{label}: its output was overwritten after it completed (a worker wrote outside its own rows); restored from the journal");
+                    tracing::warn!("{msg}");
+                    self.nodes[i].warnings.push(msg);
+                }
+                None => {
+                    let msg = format!("{label}: its output was overwritten after it completed (a worker wrote outside its own rows)");
+                    self.nodes[i].chunks[k].state = ChunkState::Failed {
+                        kind: "overwritten",
+                        message: msg.clone(),
+                    };
+                    self.errors.push(msg);
+                }
+            }
         }
     }
 
@@ -867,9 +1301,12 @@ impl Run<'_> {
         if matches!(self.nodes[i].status, NodeStatus::Waiting | NodeStatus::Running) {
             self.nodes[i].status = NodeStatus::Failed(message.clone());
             self.nodes[i].finished = Some(Instant::now());
+            self.nodes[i].respawns.clear();
         }
-        self.errors.push(message.clone());
-        // Restart and retry belong to the resilience layer; without it one failure ends the run.
+        if !self.errors.contains(&message) {
+            self.errors.push(message.clone());
+        }
+        // A failed node (on_failure: fail) fails the run: stop everything.
         self.abort_run(message);
     }
 
@@ -881,6 +1318,7 @@ impl Run<'_> {
             }
         }
         for n in &mut self.nodes {
+            n.respawns.clear();
             match n.status {
                 NodeStatus::Running => {
                     n.status = NodeStatus::Cancelled(reason.clone());
@@ -900,7 +1338,7 @@ impl Run<'_> {
         let grace = self.opts.grace;
         let wk = &mut self.workers[w.0];
         match wk.phase {
-            Phase::Gone(_) | Phase::Stopping { .. } => return,
+            Phase::Gone | Phase::Stopping { .. } => return,
             Phase::Idle => {
                 let polite = wk
                     .commands
@@ -924,7 +1362,7 @@ impl Run<'_> {
 
     fn kill(&mut self, w: WorkerId) {
         let wk = &mut self.workers[w.0];
-        if matches!(wk.phase, Phase::Gone(_)) {
+        if matches!(wk.phase, Phase::Gone) {
             return;
         }
         pool::signal_group(wk.pid, Signal::SIGKILL);
@@ -935,6 +1373,20 @@ impl Run<'_> {
     }
 
     fn on_deadlines(&mut self, now: Instant) {
+        for i in 0..self.nodes.len() {
+            let due = self.nodes[i].respawns.iter().filter(|t| **t <= now).count();
+            if due == 0 {
+                continue;
+            }
+            self.nodes[i].respawns.retain(|t| *t > now);
+            for _ in 0..due {
+                if self.nodes[i].status == NodeStatus::Running && self.abort.is_none() {
+                    let replaces = self.nodes[i].open_recoveries.pop_front();
+                    let index = self.nodes[i].workers.len() as u32;
+                    self.spawn_worker(i, index, replaces);
+                }
+            }
+        }
         for k in 0..self.workers.len() {
             let w = WorkerId(k);
             let Some(d) = self.workers[k].phase.deadline() else {
@@ -943,46 +1395,14 @@ impl Run<'_> {
             if d > now {
                 continue;
             }
-            let i = self.workers[k].node;
-            let node = &self.dag.nodes[i];
+            let node = &self.dag.nodes[self.workers[k].node];
             match &self.workers[k].phase {
-                Phase::Connecting { .. } => {
-                    let msg = format!(
-                        "{}: did not connect within {:.1} s (startup_timeout_s)",
-                        self.worker_label(w),
-                        node.startup_timeout.as_secs_f64()
-                    );
-                    self.fail_node(i, msg);
-                    self.stop(w);
+                Phase::Connecting { .. } | Phase::Initializing { .. } | Phase::Attaching { .. } => {
+                    self.worker_failed(w, Cause::Startup(node.startup_timeout))
                 }
-                Phase::Initializing { .. } | Phase::Attaching { .. } => {
-                    let msg = format!(
-                        "{}: did not finish initializing within {:.1} s (startup_timeout_s)",
-                        self.worker_label(w),
-                        node.startup_timeout.as_secs_f64()
-                    );
-                    self.fail_node(i, msg);
-                    self.kill(w);
-                }
-                Phase::Busy { chunk, .. } => {
-                    let chunk = *chunk;
-                    let msg = format!(
-                        "{}: timed out after {:.1} s (timeout_s)",
-                        self.chunk_label(i, chunk),
-                        node.timeout.as_secs_f64()
-                    );
-                    self.nodes[i].chunks[chunk].state = ChunkState::Failed { cause: "timeout".into() };
-                    self.workers[k].phase = Phase::Idle;
-                    pool::signal_group(self.workers[k].pid, Signal::SIGTERM);
-                    self.workers[k].phase = Phase::Stopping {
-                        deadline: now + self.opts.grace,
-                        killed: false,
-                    };
-                    self.fail_node(i, msg);
-                }
+                Phase::Busy { .. } => self.worker_failed(w, Cause::Timeout(node.timeout)),
                 Phase::Lost { .. } => {
-                    let msg = format!("{}: closed its control channel", self.worker_label(w));
-                    self.fail_node(i, msg);
+                    self.worker_failed(w, Cause::ChannelLost);
                     self.kill(w);
                 }
                 Phase::Stopping { killed: false, .. } => self.kill(w),
@@ -993,38 +1413,34 @@ impl Run<'_> {
                         killed: true,
                     };
                 }
-                Phase::Idle | Phase::Gone(_) => {}
+                Phase::Idle | Phase::Gone => {}
             }
         }
     }
 
     fn on_exit(&mut self, w: WorkerId, end: ProcessEnd) {
-        let before = std::mem::replace(&mut self.workers[w.0].phase, Phase::Gone(end));
-        let before = match before {
-            Phase::Lost { was, .. } => *was,
-            other => other,
-        };
         let i = self.workers[w.0].node;
-        let connected = self.workers[w.0].commands.is_some();
-        if !connected {
+        if self.workers[w.0].commands.is_none() {
             pool::unblock(&self.workers[w.0].server_name);
         }
-        let label = self.worker_label(w);
-        let message = match before {
-            Phase::Stopping { .. } | Phase::Gone(_) => {
-                tracing::debug!("{label} {end}");
-                return;
+        // A lost channel was only a symptom: report what the worker was doing when it died.
+        if matches!(self.workers[w.0].phase, Phase::Lost { .. }) {
+            if let Phase::Lost { was, .. } = std::mem::replace(&mut self.workers[w.0].phase, Phase::Idle) {
+                self.workers[w.0].phase = *was;
             }
-            Phase::Connecting { .. } => format!("{label}: exited before connecting: {end}"),
-            Phase::Initializing { .. } => format!("{label}: died during initialize: {end}"),
-            Phase::Attaching { .. } => format!("{label}: died while attaching segments: {end}"),
-            Phase::Busy { chunk, .. } => {
-                self.nodes[i].chunks[chunk].state = ChunkState::Failed { cause: end.to_string() };
-                format!("{}: worker pid {} {end}", self.chunk_label(i, chunk), self.workers[w.0].pid)
-            }
-            Phase::Idle | Phase::Lost { .. } => format!("{label}: exited unexpectedly: {end}"),
-        };
-        self.fail_node(i, message);
+        }
+        let stopping = matches!(self.workers[w.0].phase, Phase::Stopping { .. } | Phase::Gone);
+        if !stopping {
+            self.worker_failed(w, Cause::Died(end));
+        } else {
+            tracing::debug!("{} {end}", self.worker_label(w));
+        }
+        self.workers[w.0].phase = Phase::Gone;
+        // A chunk fenced by this worker may run now, and a node may now be able to finish.
+        if self.nodes[i].status == NodeStatus::Running {
+            self.dispatch_idle(i);
+            self.check_node_finished(i);
+        }
     }
 
     /// Write outputs and assemble the manifest; unlink every segment.
@@ -1032,55 +1448,43 @@ impl Run<'_> {
         let mut outputs = Vec::new();
         for r in &self.dag.outputs {
             let i = self.node_index(&r.node);
-            if self.nodes[i].status != NodeStatus::Succeeded {
-                continue;
-            }
-            let k = self.dag.nodes[i]
-                .outputs
-                .iter()
-                .position(|o| o.name == r.output)
-                .expect("resolved by the compiler");
-            let seg = self.nodes[i].outputs[k].delivered();
-            let header = self.bus.header(seg).clone();
-            // SAFETY: the node succeeded, so the segment is sealed and no worker writes it.
-            let cols: Vec<_> = header
-                .columns
-                .iter()
-                .map(|e| (e.clone(), unsafe { self.bus.column_bytes(seg, e) }))
-                .collect();
-            let dest = self.opts.out_dir.join(&r.node).join(format!("{}.parquet", r.output));
-            match files::write_parquet(&dest, &cols) {
-                Ok(bytes) => {
-                    let sha = std::fs::read(&dest)
-                        .map(|b| crate::config::compile::hex(&Sha256::digest(&b)))
-                        .unwrap_or_default();
-                    outputs.push(OutputReport {
-                        node: r.node.clone(),
-                        output: r.output.clone(),
-                        path: format!("{}/{}.parquet", r.node, r.output),
-                        rows: header.columns.first().map(|c| c.shape[0]).unwrap_or(0),
-                        columns: header.columns.iter().map(|c| c.name.clone()).collect(),
-                        bytes,
-                        sha256: sha,
-                        complete: true,
-                    });
-                }
-                Err(e) => {
-                    let msg = format!("cannot write {}: {e}", dest.display());
+            let partial = match self.nodes[i].status {
+                NodeStatus::Succeeded => false,
+                NodeStatus::Partial => true,
+                _ => continue,
+            };
+            match self.write_output(i, &r.node, &r.output, partial) {
+                Ok(report) => outputs.push(report),
+                Err(msg) => {
                     tracing::error!("{msg}");
                     self.errors.push(msg);
-                    self.abort.get_or_insert_with(|| "an output could not be written".into());
+                    self.abort
+                        .get_or_insert_with(|| "an output could not be written".into());
                 }
             }
         }
         self.bus.release_all();
-        let status = if self.abort.is_none()
-            && self.nodes.iter().all(|n| n.status == NodeStatus::Succeeded)
+        let any_partial = self
+            .nodes
+            .iter()
+            .any(|n| matches!(n.status, NodeStatus::Partial | NodeStatus::Cancelled(_)));
+        let status = if self.abort.is_some()
+            || self
+                .nodes
+                .iter()
+                .any(|n| matches!(n.status, NodeStatus::Failed(_)))
         {
-            RunStatus::Succeeded
-        } else {
             RunStatus::Failed
+        } else if any_partial {
+            RunStatus::Partial
+        } else {
+            RunStatus::Succeeded
         };
+        if status == RunStatus::Succeeded {
+            if let Some(j) = self.journal.take() {
+                j.remove();
+            }
+        }
         let nodes = self
             .dag
             .nodes
@@ -1097,6 +1501,7 @@ impl Run<'_> {
             livecalc_version: env!("CARGO_PKG_VERSION"),
             run_id: format!("{nanos:x}-{pid:x}"),
             status,
+            resumed: self.opts.resume,
             dag: self.dag.path.display().to_string(),
             dag_sha256: self.dag.hash.clone(),
             started_at: rfc3339(started_at),
@@ -1108,11 +1513,75 @@ impl Run<'_> {
         }
     }
 
+    fn write_output(&self, i: usize, node_id: &str, output: &str, partial: bool) -> Result<OutputReport, String> {
+        let node = &self.dag.nodes[i];
+        let k = node
+            .outputs
+            .iter()
+            .position(|o| o.name == output)
+            .expect("resolved by the compiler");
+        let spec = &node.outputs[k];
+        let seg = self.nodes[i].outputs[k].delivered();
+        let header = self.bus.header(seg).clone();
+        let done: Vec<&Chunk> = self.nodes[i]
+            .chunks
+            .iter()
+            .filter(|c| matches!(c.state, ChunkState::Done { .. }))
+            .collect();
+        let missing: Vec<[u64; 2]> = self.nodes[i]
+            .chunks
+            .iter()
+            .filter(|c| !matches!(c.state, ChunkState::Done { .. }))
+            .map(|c| [c.span.row_start, c.span.row_start + c.span.row_count])
+            .collect();
+        // Row outputs of a partial node keep the rows of completed chunks only.
+        let keep_rows = partial && spec.reduce.is_none();
+        let mut owned: Vec<(ColumnEntry, Vec<u8>)> = Vec::new();
+        for e in &header.columns {
+            // SAFETY: the node finished, so the segment is sealed and no worker writes it.
+            let bytes = unsafe { self.bus.column_bytes(seg, e) };
+            if keep_rows {
+                let rb = e.row_bytes() as usize;
+                let mut v = Vec::new();
+                let mut rows = 0;
+                for c in &done {
+                    let a = c.span.row_start as usize * rb;
+                    v.extend_from_slice(&bytes[a..a + c.span.row_count as usize * rb]);
+                    rows += c.span.row_count;
+                }
+                let mut e = e.clone();
+                e.shape[0] = rows;
+                owned.push((e, v));
+            } else {
+                owned.push((e.clone(), bytes.to_vec()));
+            }
+        }
+        let cols: Vec<(ColumnEntry, &[u8])> = owned.iter().map(|(e, b)| (e.clone(), b.as_slice())).collect();
+        let dest = self.opts.out_dir.join(node_id).join(format!("{output}.parquet"));
+        let bytes = files::write_parquet(&dest, &cols).map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+        let sha = std::fs::read(&dest)
+            .map(|b| crate::config::compile::hex(&Sha256::digest(&b)))
+            .unwrap_or_default();
+        Ok(OutputReport {
+            node: node_id.to_string(),
+            output: output.to_string(),
+            path: format!("{node_id}/{output}.parquet"),
+            rows: cols.first().map(|c| c.0.shape[0]).unwrap_or(0),
+            columns: header.columns.iter().map(|c| c.name.clone()).collect(),
+            bytes,
+            sha256: sha,
+            complete: missing.is_empty(),
+            covers_rows: done.iter().map(|c| c.span.row_count).sum(),
+            missing_rows: missing,
+        })
+    }
+
     fn node_report(&self, n: &Node, r: &NodeRun) -> NodeReport {
         let (status, error) = match &r.status {
             NodeStatus::Waiting => ("not_started".to_string(), None),
             NodeStatus::Running => ("running".to_string(), None),
             NodeStatus::Succeeded => ("succeeded".to_string(), None),
+            NodeStatus::Partial => ("partial".to_string(), None),
             NodeStatus::Failed(e) => ("failed".to_string(), Some(e.clone())),
             NodeStatus::Cancelled(e) => ("cancelled".to_string(), Some(e.clone())),
         };
@@ -1120,13 +1589,24 @@ impl Run<'_> {
             .chunks
             .iter()
             .filter_map(|c| match &c.state {
-                ChunkState::Failed { cause } => Some(FailedChunk {
+                ChunkState::Failed { kind, message } => Some(FailedChunk {
                     index: c.span.index,
                     rows: [c.span.row_start, c.span.row_start + c.span.row_count],
-                    cause: cause.clone(),
+                    cause: kind.to_string(),
+                    message: message.clone(),
                     attempts: c.attempts,
                 }),
                 _ => None,
+            })
+            .collect();
+        let retried = r
+            .chunks
+            .iter()
+            .filter(|c| c.attempts > 1 && matches!(c.state, ChunkState::Done { .. }))
+            .map(|c| RetriedChunk {
+                index: c.span.index,
+                attempts: c.attempts,
+                causes: c.causes.clone(),
             })
             .collect();
         let per_chunk: Vec<u64> = r.chunks.iter().map(|c| c.control_bytes).collect();
@@ -1138,26 +1618,38 @@ impl Run<'_> {
             runtime: r.runtime.clone(),
             workers: n.workers,
             worker_starts: r.workers.len() as u32,
+            restarts: r.recoveries.len() as u32,
             attempts: r.chunks.iter().map(|c| c.attempts).max().unwrap_or(0),
             rows: n.rows,
             chunk_size: n.chunk_size,
             chunks: ChunkCounts {
                 total: r.chunks.len() as u64,
-                done: r.chunks.iter().filter(|c| c.state == ChunkState::Done).count() as u64,
+                done: r
+                    .chunks
+                    .iter()
+                    .filter(|c| matches!(c.state, ChunkState::Done { .. }))
+                    .count() as u64,
+                resumed: r.chunks.iter().filter(|c| c.resumed).count() as u64,
                 failed,
+                retried,
             },
             timings: Timings {
                 started_ms: r.started.map(|t| self.ms(t)),
                 finished_ms: r.finished.map(|t| self.ms(t)),
-                wall_ms: r.started.zip(r.finished).map(|(a, b)| (b - a).as_secs_f64() * 1e3),
+                wall_ms: r
+                    .started
+                    .zip(r.finished)
+                    .map(|(a, b)| (b - a).as_secs_f64() * 1e3),
                 engine_ms: r.engine_ms,
                 worker_ready_ms: r.ready_ms.clone(),
+                attach_ms: r.attach_ms.clone(),
             },
             control_bytes: ControlBytes {
                 total: per_chunk.iter().sum(),
                 per_chunk,
             },
             control_round_trip_us: Quantiles::of(&r.round_trip_us),
+            recoveries: r.recoveries.clone(),
             warnings: r.warnings.clone(),
             error,
         }
@@ -1168,7 +1660,7 @@ impl Drop for Run<'_> {
     /// Last line of defence (a panic in the loop): no worker may outlive the supervisor.
     fn drop(&mut self) {
         for w in &self.workers {
-            if !matches!(w.phase, Phase::Gone(_)) {
+            if !matches!(w.phase, Phase::Gone) {
                 pool::signal_group(w.pid, Signal::SIGKILL);
             }
         }

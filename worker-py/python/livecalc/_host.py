@@ -76,6 +76,8 @@ def classify(exc: BaseException, tb=None):
         kind = "initialization"
     elif isinstance(exc, ExecutionError):
         kind = "execution"
+    elif isinstance(exc, MemoryError):
+        kind = "out_of_memory"
     elif isinstance(exc, (LookupError, ImportError, TypeError)) and getattr(exc, "_livecalc_lookup", False):
         kind = "unknown_engine"
     else:

@@ -134,10 +134,9 @@ REQUIRED_COLUMNS = (RATE_COLUMN, DF_COLUMN, ID_COLUMN)
 # Tuned on a 1 MiB-L2 core: a tile's handful of float64 work arrays (TILE_STEPS x BLOCK_SCENARIOS)
 # stay near L2, while the per-step vector operations are still wide enough to amortise numpy's
 # call overhead. Read at run time, so tests can shrink them to exercise many blocks and tiles.
-BLOCK_SCENARIOS = 2048
+BLOCK_SCENARIOS = 4096
 TILE_STEPS = 32  # must stay even: equity pairs are shared by steps 2i and 2i+1
 
-_LN_2_32 = 32.0 * math.log(2.0)
 _HALF_ANGLE = math.pi * 2.0 ** -32
 _SQRT2 = math.sqrt(2.0)
 _MAX_SEED = 2 ** 64
@@ -194,7 +193,6 @@ class Settings:
     steps_per_year: int
     antithetic: bool
     equity: Equity
-    equity_given: bool
     a: float
     sigma: float
     theta: float
@@ -254,8 +252,9 @@ def parse_config(config: Mapping[str, Any]) -> Settings:
     if model not in MODELS:
         raise ConfigurationError(f"config key 'model' must be one of {', '.join(MODELS)} (got {model!r})")
     # A key the chosen model ignores is an error: a silently unused curve or theta is a wrong result.
-    for k in sorted(set(config) - _COMMON_KEYS - _MODEL_KEYS[model]):
-        raise ConfigurationError(f"config key '{k}' is not used by model '{model}'")
+    unused = sorted(set(config) - _COMMON_KEYS - _MODEL_KEYS[model])
+    if unused:
+        raise ConfigurationError(f"config key '{unused[0]}' is not used by model '{model}'")
 
     seed = _integer(config, "seed", 0)
     if not 0 <= seed < _MAX_SEED:
@@ -279,7 +278,7 @@ def parse_config(config: Mapping[str, Any]) -> Settings:
         raise ConfigurationError(
             f"config key 'extrapolation' must be one of {', '.join(EXTRAPOLATIONS)} (got {extrapolation!r})")
 
-    equity, equity_given = _parse_equity(config.get("equity")), "equity" in config
+    equity = _parse_equity(config.get("equity"))
     if model == "deterministic" and equity.sigma != 0.0:
         raise ConfigurationError("config key 'equity.sigma' must be 0 for model 'deterministic' (no randomness)")
 
@@ -312,10 +311,9 @@ def parse_config(config: Mapping[str, Any]) -> Settings:
         else:
             path_ids, paths = _parse_paths(config["paths"], extrapolation, horizon)
 
-    return Settings(model=model, seed=seed, horizon_years=horizon, steps_per_year=m,
-                    antithetic=antithetic, equity=equity, equity_given=equity_given, a=a,
-                    sigma=sigma, theta=theta, r0=r0, curve=curve, paths=paths, path_ids=path_ids,
-                    scenarios=scenarios)
+    return Settings(model=model, seed=seed, horizon_years=horizon, steps_per_year=m, antithetic=antithetic,
+                    equity=equity, a=a, sigma=sigma, theta=theta, r0=r0, curve=curve, paths=paths,
+                    path_ids=path_ids, scenarios=scenarios)
 
 
 def _parse_equity(spec: Any) -> Equity:
@@ -520,7 +518,7 @@ def pair_normals(raw: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     raw = np.asarray(raw, dtype=np.uint64)
     lo = (raw & np.uint64(0xFFFFFFFF)).astype(np.float64)
     hi = (raw >> np.uint64(32)).astype(np.uint32).view(np.int32).astype(np.float64)
-    radius = np.sqrt(-2.0 * (np.log(lo + 1.0) - _LN_2_32))
+    radius = np.sqrt(-2.0 * np.log((lo + 1.0) * 2.0 ** -32))
     t = np.tan(hi * _HALF_ANGLE)
     return radius * (1.0 - t * t) / (1.0 + t * t), radius * 2.0 * t / (1.0 + t * t)
 
@@ -752,10 +750,10 @@ class EsgEngine(ICalcEngine):
                 f"config key 'scenarios' is {st.scenarios} but the node has {chunk.total_rows} rows")
         cols = self._columns(dst, chunk)
         k0, n = chunk.row_start, chunk.row_count
-        warnings = list(self._warnings) if chunk.index == 0 else []
+        warnings = list(self._warnings)
 
         if st.model == "deterministic":
-            self._deterministic(cols, k0, n, chunk.total_rows, warnings if chunk.index == 0 else [])
+            self._deterministic(cols, k0, n, chunk.total_rows, warnings)
         else:
             self._stochastic(cols, k0, n)
 
@@ -769,7 +767,8 @@ class EsgEngine(ICalcEngine):
             "execution_time_ms": (time.perf_counter() - start) * 1e3,
             "rows_processed": n,
             "bytes_written": int(sum(a.nbytes for a in cols.values())),
-            "warnings": warnings,
+            # Every chunk would repeat the same notes: the first chunk speaks for the node.
+            "warnings": warnings if chunk.index == 0 else [],
         }
 
     def _columns(self, dst, chunk: Chunk) -> Dict[str, np.ndarray]:
@@ -826,8 +825,11 @@ class EsgEngine(ICalcEngine):
             self._ws = _Workspace(block, tile)
         out_r, out_d = cols[RATE_COLUMN], cols[DF_COLUMN]
         out_s = cols.get(EQUITY_COLUMN)
-        for lo in range(0, n, block):
-            hi = min(n, lo + block)
+        # Equal blocks (never a sliver at the end): a block's width is the vector length of every
+        # per-step operation, so a thin last block would pay numpy's call overhead for nothing.
+        size = -(-n // -(-n // block))
+        for lo in range(0, n, size):
+            hi = min(n, lo + size)
             ids = np.arange(k0 + lo, k0 + hi)
             if st.antithetic:
                 # Scenario k reads stream slice k // 2, negated when k is odd.
@@ -843,20 +845,23 @@ class EsgEngine(ICalcEngine):
 
     # -- kernels -----------------------------------------------------------------------------
 
-    def _normals(self, raw_tile: np.ndarray, sign, radius: np.ndarray, tan: np.ndarray, tmp: np.ndarray):
+    def _normals(self, raw_tile: np.ndarray, scale, radius: np.ndarray, tan: np.ndarray, tmp: np.ndarray):
         """Box-Muller on a contiguous [rows, n] tile of raw draws.
 
-        Leaves c = R(1-t^2)/(1+t^2)/sqrt(2) in ``tmp`` and s = R t/(1+t^2)/sqrt(2) in ``tan``, so
-        z1 = sqrt(2) c and z2 = 2 sqrt(2) s; the constant factors are folded into the
-        coefficients that use them, which saves two passes over the tile.
+        Leaves c = R(1-t^2)/(1+t^2)/sqrt(2) in ``tmp`` and s = R t/(1+t^2)/sqrt(2) in ``tan``
+        (times ``scale``, a scalar or a row of antithetic signs), so z1 = sqrt(2) c and
+        z2 = 2 sqrt(2) s; the constant factors are folded into the coefficients that use them,
+        which saves passes over the tile.
         """
         halves = raw_tile.view(np.uint32).reshape(raw_tile.shape + (2,))
+        # ln u directly (u = (lo + 1) 2^-32 is exact): 32 ln 2 - ln(lo + 1) would cancel near u = 1.
         np.add(halves[..., 0], 1.0, out=radius)
+        radius *= 2.0 ** -32
         np.log(radius, out=radius)
-        np.subtract(_LN_2_32, radius, out=radius)
+        np.negative(radius, out=radius)
         np.sqrt(radius, out=radius)
-        if sign is not None:
-            radius *= sign
+        if scale is not None:
+            radius *= scale
         np.multiply(halves[..., 1].view(np.int32), _HALF_ANGLE, out=tan)
         np.tan(tan, out=tan)
         np.multiply(tan, tan, out=tmp)
@@ -873,11 +878,12 @@ class EsgEngine(ICalcEngine):
         raw_e = ws.take(ws.raw_eq, pairs, n)
         np.copyto(raw_e, raw[:, steps + j0 // 2:steps + j0 // 2 + pairs].T)
         r_e, t_e, c_e = (ws.take(g, pairs, n) for g in ws.g)
-        self._normals(raw_e, sign, r_e, t_e, c_e)
-        c_e *= coef * _SQRT2
-        t_e *= coef * 2.0 * _SQRT2
+        scale = coef * _SQRT2 if sign is None else sign * (coef * _SQRT2)
+        self._normals(raw_e, scale, r_e, t_e, c_e)
         shock_w[0::2] += c_e
-        shock_w[1::2] += t_e[:m // 2]
+        odd = t_e[:m // 2]
+        odd *= 2.0
+        shock_w[1::2] += odd
 
     def _gaussian_block(self, raw, sign, out_r, out_d, out_s) -> None:
         st, plan, ws = self.settings, self._plan, self._ws
@@ -914,11 +920,14 @@ class EsgEngine(ICalcEngine):
                 self._equity_shocks(raw, j0, m, n, sign_row, c[2, 2], shock[:, 2])
             state = ws.take(ws.state, m + 1, k, n)
             mixed = ws.take(ws.vec[0], 2, n)
-            # x' = x + (e^{-ah} - 1) x + e_x ; Y' = Y + B x + e_I ; W' = W + e_W
+            # The only sequential part, so it is kept to three vector operations per step across
+            # the block: x' = x + (e^{-ah} - 1) x + e_x ; Y' = Y + B x + e_I ; W' = W + e_W.
             for i in range(m):
                 np.add(state[i], shock[i], out=state[i + 1])
                 np.multiply(state[i, 0], mix, out=mixed)
                 state[i + 1, 0:2] += mixed
+            # Finish each column in the time-major tile (in cache), then one transposed copy into
+            # the scenario-major output rows.
             grid = slice(j0 + 1, j1 + 1)
             np.add(state[1:, 0], plan.alpha[grid, None], out=scratch)
             np.copyto(out_r[:, grid], scratch.T)
