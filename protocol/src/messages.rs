@@ -37,6 +37,17 @@ pub struct ExecutionResult {
     pub bytes_written: u64,
     pub warnings: Vec<String>,
     pub error_message: String,
+    /// A small JSON document an engine may return (e.g. a solver's summary); recorded in the
+    /// manifest. Empty when the engine returns none.
+    pub report_json: String,
+}
+
+/// What the supervisor tells an engine after re-evaluating the sub-graph it asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationReport {
+    /// Nodes that were re-run, in the order they ran.
+    pub nodes: Vec<String>,
+    pub elapsed_ms: f64,
 }
 
 /// Assumptions-manager credentials (the seed's `AMCredentials`). The token is never printed.
@@ -103,6 +114,12 @@ pub enum ToWorker {
     Dispose,
     /// Leave the process after disposing.
     Shutdown,
+    /// Answer to [`FromWorker::Evaluate`]: the upstream outputs the engine reads have been
+    /// recomputed in place (same segments), or the evaluation failed.
+    Evaluated {
+        request: u64,
+        outcome: Result<EvaluationReport, String>,
+    },
 }
 
 /// The operation a worker was performing when something went wrong.
@@ -215,6 +232,13 @@ pub enum FromWorker {
         error: EngineError,
     },
     Disposed,
+    /// Sent by an engine during `runChunk` (a solver): re-run the upstream nodes named in the
+    /// parameters (`"<node>.<config key>"`) with those config values, on their warm workers,
+    /// and every node between them and this one; answered by [`ToWorker::Evaluated`].
+    Evaluate {
+        request: u64,
+        params: Vec<(String, f64)>,
+    },
 }
 
 #[cfg(test)]

@@ -39,25 +39,71 @@ namespace livecalc::projection {
 
 namespace {
 
-typedef double v8d __attribute__((vector_size(64)));
-static_assert(sizeof(v8d) == kLanes * sizeof(double));
-
 #define LC_INLINE inline __attribute__((always_inline))
 
-LC_INLINE v8d splat(double x) { return v8d{} + x; }
-LC_INLINE v8d vload(const double* p) { v8d v; __builtin_memcpy(&v, p, sizeof v); return v; }
-LC_INLINE void vstore(double* p, const v8d& v) { __builtin_memcpy(p, &v, sizeof v); }
-LC_INLINE v8d max0(const v8d& x) { v8d z = {}; return x > z ? x : z; }
+// Eight lanes as kLanes / W native vectors of W doubles: one zmm (W = 8), two ymm (W = 4) or
+// four xmm (W = 2). A generic 8-wide vector type would do, except that GCC lowers one wider
+// than the target's registers through the stack; the pack keeps every build in registers while
+// each lane still sees the same operations in the same order.
+template <int W>
+struct Pack {
+    typedef double native __attribute__((vector_size(W * sizeof(double))));
+    static constexpr int N = kLanes / W;
+    native v[N];
+    LC_INLINE double lane(int j) const { return v[j / W][j % W]; }
+    LC_INLINE void set_lane(int j, double x) { v[j / W][j % W] = x; }
+};
+
+template <int W> LC_INLINE Pack<W> splat(double x) {
+    Pack<W> p;
+    for (int i = 0; i < Pack<W>::N; ++i) p.v[i] = typename Pack<W>::native{} + x;
+    return p;
+}
+template <int W> LC_INLINE Pack<W> zero() { return splat<W>(0.0); }
+template <int W> LC_INLINE Pack<W> load(const double* ptr) {
+    Pack<W> p;
+    __builtin_memcpy(&p.v[0], ptr, sizeof p.v);
+    return p;
+}
+template <int W> LC_INLINE void store(double* ptr, const Pack<W>& p) { __builtin_memcpy(ptr, &p.v[0], sizeof p.v); }
+template <int W> LC_INLINE Pack<W> operator+(const Pack<W>& a, const Pack<W>& b) {
+    Pack<W> r;
+    for (int i = 0; i < Pack<W>::N; ++i) r.v[i] = a.v[i] + b.v[i];
+    return r;
+}
+template <int W> LC_INLINE Pack<W> operator-(const Pack<W>& a, const Pack<W>& b) {
+    Pack<W> r;
+    for (int i = 0; i < Pack<W>::N; ++i) r.v[i] = a.v[i] - b.v[i];
+    return r;
+}
+template <int W> LC_INLINE Pack<W> operator*(const Pack<W>& a, const Pack<W>& b) {
+    Pack<W> r;
+    for (int i = 0; i < Pack<W>::N; ++i) r.v[i] = a.v[i] * b.v[i];
+    return r;
+}
+template <int W> LC_INLINE Pack<W>& operator+=(Pack<W>& a, const Pack<W>& b) { return a = a + b; }
+template <int W> LC_INLINE Pack<W> max0(const Pack<W>& x) {
+    Pack<W> r;
+    const typename Pack<W>::native z = {};
+    for (int i = 0; i < Pack<W>::N; ++i) r.v[i] = x.v[i] > z ? x.v[i] : z;
+    return r;
+}
+// Lanes added 0..7 in order.
+template <int W> LC_INLINE double hsum(const Pack<W>& p) {
+    double s = p.lane(0);
+    for (int j = 1; j < kLanes; ++j) s += p.lane(j);
+    return s;
+}
 
 // Sum of x[t] y[t]: lane j accumulates t = j, j+8, ... in order; lanes are added 0..7.
-LC_INLINE double dot(const double* x, const double* y, int n) {
-    v8d acc = {};
+template <int W> LC_INLINE double dot(const double* x, const double* y, int n) {
+    Pack<W> acc = zero<W>();
     int t = 0;
-    for (; t + kLanes <= n; t += kLanes) acc += vload(x + t) * vload(y + t);
-    for (; t < n; ++t) acc[t % kLanes] += x[t] * y[t];
-    double s = acc[0];
-    for (int j = 1; j < kLanes; ++j) s += acc[j];
-    return s;
+    for (; t + kLanes <= n; t += kLanes) acc += load<W>(x + t) * load<W>(y + t);
+    double tail[kLanes] = {};
+    for (int j = 0; t + j < n; ++j) tail[j] = x[t + j] * y[t + j];
+    acc += load<W>(tail);
+    return hsum(acc);
 }
 
 // Per-step q and w of one policy: constant within each policy year, looked up once per year.

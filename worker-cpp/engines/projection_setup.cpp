@@ -138,13 +138,19 @@ template <typename T, typename Parse>
 std::shared_ptr<const T> cached(const std::string& kind, const std::string& path, const std::string& role,
                                 Parse parse) {
     namespace fs = std::filesystem;
+    if (path.size() > 8 && path.compare(path.size() - 8, 8, ".parquet") == 0) {
+        throw InitializationError(role + " table '" + path +
+                                  "': the C++ engine reads CSV assumption tables only; convert the Parquet file to CSV");
+    }
     std::error_code ec;
     fs::path abs = fs::absolute(path, ec);
     if (ec) throw InitializationError(role + " table '" + path + "': " + ec.message());
     auto mtime = fs::last_write_time(abs, ec);
     if (ec) {
-        throw InitializationError(role + " table '" + path + "' cannot be opened (" + ec.message() +
-                                  "; relative paths are resolved against " + fs::current_path(ec).string() + ")");
+        std::string why = ec.message();
+        std::string cwd = fs::current_path(ec).string();
+        throw InitializationError(role + " table '" + path + "' cannot be opened (" + why +
+                                  "; relative paths are resolved against " + cwd + ")");
     }
     auto size = fs::file_size(abs, ec);
     std::string key = kind + "\x1f" + abs.string();

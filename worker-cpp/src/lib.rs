@@ -6,7 +6,7 @@
 pub mod ffi;
 
 use livecalc_protocol::{Credentials, EngineError, EngineErrorKind, EngineInfo, ExecutionResult};
-use livecalc_worker_host::{Engine, InputBuffer, OutputBuffer};
+use livecalc_worker_host::{Engine, Evaluator, InputBuffer, OutputBuffer};
 
 /// One C++ engine instance behind the bridge.
 pub struct CppEngine {
@@ -100,6 +100,8 @@ impl Engine for CppEngine {
         &mut self,
         input: Option<InputBuffer>,
         output: OutputBuffer,
+        // C++ engines do not drive other engines (yet): the seed's interface has no way to.
+        _evaluator: &mut dyn Evaluator,
     ) -> Result<ExecutionResult, EngineError> {
         let (in_ptr, in_len) = input.map_or((std::ptr::null(), 0), |b| (b.ptr, b.len));
         // SAFETY: the host guarantees both views stay mapped for the whole call: the input view
@@ -117,6 +119,7 @@ impl Engine for CppEngine {
             bytes_written: r.bytes_written,
             warnings: r.warnings,
             error_message: r.error_message,
+            report_json: String::new(),
         })
     }
 

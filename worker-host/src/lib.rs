@@ -20,10 +20,10 @@ pub mod faults;
 pub mod views;
 
 use faults::{FaultKind, FaultPlan, Phase, Site};
-use ipc_channel::ipc::{self, IpcSender};
+use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
 use livecalc_protocol::{
-    ChunkSpan, Credentials, EngineError, EngineErrorKind, EngineInfo, ExecutionResult, FromWorker,
-    Operation, ToWorker, PROTOCOL_VERSION,
+    ChunkSpan, Credentials, EngineError, EngineErrorKind, EngineInfo, EvaluationReport,
+    ExecutionResult, FromWorker, Operation, ToWorker, PROTOCOL_VERSION,
 };
 use std::process::ExitCode;
 use views::NodeViews;
@@ -46,6 +46,14 @@ pub struct OutputBuffer {
     pub len: usize,
 }
 
+/// The way back to the supervisor during `runChunk`, for engines that drive other engines (a
+/// solver asking for the projection to be re-evaluated with new parameters).
+pub trait Evaluator {
+    /// Ask the supervisor to re-run the upstream nodes with `params` (`"<node>.<key>"` -> value)
+    /// and wait for it; the engine's input view then holds the new values.
+    fn evaluate(&mut self, params: &[(String, f64)]) -> Result<EvaluationReport, String>;
+}
+
 /// One engine instance, as a language adapter exposes it to the host.
 ///
 /// Buffers are raw pointers because they alias shared memory that other processes write
@@ -63,8 +71,46 @@ pub trait Engine {
         &mut self,
         input: Option<InputBuffer>,
         output: OutputBuffer,
+        evaluator: &mut dyn Evaluator,
     ) -> Result<ExecutionResult, EngineError>;
     fn dispose(&mut self);
+}
+
+/// The supervisor end of the control channel, lent to the engine while a chunk runs.
+struct Link<'a> {
+    tx: &'a IpcSender<FromWorker>,
+    rx: &'a IpcReceiver<ToWorker>,
+    next_request: &'a mut u64,
+}
+
+impl Evaluator for Link<'_> {
+    fn evaluate(&mut self, params: &[(String, f64)]) -> Result<EvaluationReport, String> {
+        *self.next_request += 1;
+        let request = *self.next_request;
+        self.tx
+            .send(FromWorker::Evaluate {
+                request,
+                params: params.to_vec(),
+            })
+            .map_err(|e| format!("cannot reach the supervisor: {e}"))?;
+        loop {
+            match self.rx.recv() {
+                Ok(ToWorker::Evaluated {
+                    request: r,
+                    outcome,
+                }) if r == request => return outcome,
+                Ok(ToWorker::Shutdown) | Err(_) => {
+                    // The run is being stopped while we wait: nothing left to compute for.
+                    std::process::exit(0)
+                }
+                Ok(other) => {
+                    return Err(format!(
+                        "unexpected command while waiting for an evaluation: {other:?}"
+                    ))
+                }
+            }
+        }
+    }
 }
 
 /// Command-line contract between the supervisor and a worker binary.
@@ -233,18 +279,21 @@ pub fn run<E: Engine>(make: impl FnOnce(&str) -> Result<E, EngineError>) -> Exit
         views: None,
         plan,
         spawn: args.spawn,
+        tx: to_supervisor,
+        rx: from_supervisor,
+        next_request: 0,
     };
     let span = tracing::info_span!("worker", node = %args.node, worker = args.worker, pid);
     let _enter = span.enter();
     loop {
-        let Ok(cmd) = from_supervisor.recv() else {
+        let Ok(cmd) = host.rx.recv() else {
             // The supervisor is gone: nothing to report to, nothing to keep.
             host.dispose();
             return ExitCode::from(0);
         };
         let (reply, stop) = host.handle(cmd);
         if let Some(reply) = reply {
-            if to_supervisor.send(reply).is_err() {
+            if host.tx.send(reply).is_err() {
                 host.dispose();
                 return ExitCode::from(0);
             }
@@ -261,6 +310,9 @@ struct Host<E> {
     views: Option<NodeViews>,
     plan: FaultPlan,
     spawn: u32,
+    tx: IpcSender<FromWorker>,
+    rx: IpcReceiver<ToWorker>,
+    next_request: u64,
 }
 
 impl<E: Engine> Host<E> {
@@ -329,6 +381,11 @@ impl<E: Engine> Host<E> {
                 self.dispose();
                 (None, true)
             }
+            ToWorker::Evaluated { request, .. } => {
+                // A late answer to an evaluation this worker stopped waiting for.
+                tracing::warn!(request, "evaluation answer with no evaluation pending");
+                (None, false)
+            }
         }
     }
 
@@ -376,7 +433,12 @@ impl<E: Engine> Host<E> {
             len: views.outputs.len(),
         };
         self.state = Lifecycle::Running;
-        let result = self.engine.run_chunk(input, output);
+        let mut link = Link {
+            tx: &self.tx,
+            rx: &self.rx,
+            next_request: &mut self.next_request,
+        };
+        let result = self.engine.run_chunk(input, output, &mut link);
         self.state = Lifecycle::Initialized;
         let result = result?;
         if !result.success {

@@ -14,9 +14,79 @@
 //!   arrays by `livecalc._host`, and released when `runChunk` returns.
 
 use livecalc_protocol::{EngineError, EngineErrorKind};
+use livecalc_worker_host::Evaluator;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::types::{PyDict, PyList};
+use std::cell::Cell;
 use std::path::PathBuf;
+
+thread_local! {
+    /// The evaluator lent by the host for the duration of one `runChunk` call.
+    static EVALUATOR: Cell<Option<*mut (dyn Evaluator + 'static)>> = const { Cell::new(None) };
+}
+
+/// Keeps the evaluator reachable from Python while alive; clears it on drop (also on unwind).
+pub struct Lent(());
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        EVALUATOR.with(|e| e.set(None));
+    }
+}
+
+/// Make `evaluator` callable from Python as `livecalc_worker.evaluate` until the guard drops.
+pub fn lend_evaluator(evaluator: &mut dyn Evaluator) -> Lent {
+    let ptr: *mut (dyn Evaluator + '_) = evaluator;
+    // SAFETY: only the lifetime is erased; the pointer is cleared by `Lent::drop` before the
+    // borrow it came from ends (the guard lives inside the borrowing call).
+    let ptr: *mut (dyn Evaluator + 'static) = unsafe { std::mem::transmute(ptr) };
+    EVALUATOR.with(|e| e.set(Some(ptr)));
+    Lent(())
+}
+
+/// `livecalc_worker.evaluate(params: dict[str, float]) -> dict`: re-run the upstream
+/// sub-graph with these parameters and wait. The GIL stays held: the worker runs no other
+/// Python thread that could use it meanwhile.
+#[pyfunction]
+fn evaluate<'py>(py: Python<'py>, params: Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
+    let mut list = Vec::with_capacity(params.len());
+    for (k, v) in params.iter() {
+        list.push((k.extract::<String>()?, v.extract::<f64>()?));
+    }
+    let Some(ptr) = EVALUATOR.with(|e| e.get()) else {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "evaluate() can only be called from inside runChunk",
+        ));
+    };
+    // SAFETY: the pointer was lent by `lend_evaluator` for the current runChunk call, on this
+    // thread, and is cleared before that call returns; nothing else uses it meanwhile.
+    let evaluator = unsafe { &mut *ptr };
+    let outcome = evaluator.evaluate(&list);
+    let out = PyDict::new(py);
+    match outcome {
+        Ok(report) => {
+            out.set_item("ok", true)?;
+            out.set_item("error", "")?;
+            out.set_item("elapsed_ms", report.elapsed_ms)?;
+            out.set_item("nodes", report.nodes)?;
+        }
+        Err(message) => {
+            out.set_item("ok", false)?;
+            out.set_item("error", message)?;
+            out.set_item("elapsed_ms", 0.0)?;
+            out.set_item("nodes", Vec::<String>::new())?;
+        }
+    }
+    Ok(out)
+}
+
+/// Register `livecalc_worker` in `sys.modules`.
+fn install_worker_module(py: Python<'_>) -> PyResult<()> {
+    let m = PyModule::new(py, "livecalc_worker")?;
+    m.add_function(wrap_pyfunction!(evaluate, &m)?)?;
+    py.import("sys")?.getattr("modules")?.set_item("livecalc_worker", m)?;
+    Ok(())
+}
 
 /// Where the `livecalc` package lives: `LIVECALC_PYTHON_SRC`, else the source tree this binary
 /// was built from.
@@ -86,6 +156,7 @@ pub fn start() -> Result<(), EngineError> {
             path.insert(i, dir.to_string_lossy().as_ref())
                 .map_err(|e| startup_error(e.to_string()))?;
         }
+        install_worker_module(py).map_err(|e| startup_error(e.to_string()))?;
         Ok(())
     })
 }

@@ -7,7 +7,7 @@
 mod embed;
 
 use livecalc_protocol::{Credentials, EngineError, EngineErrorKind, EngineInfo, ExecutionResult};
-use livecalc_worker_host::{Engine, InputBuffer, OutputBuffer};
+use livecalc_worker_host::{Engine, Evaluator, InputBuffer, OutputBuffer};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::process::ExitCode;
@@ -107,7 +107,9 @@ impl Engine for PyEngine {
         &mut self,
         input: Option<InputBuffer>,
         output: OutputBuffer,
+        evaluator: &mut dyn Evaluator,
     ) -> Result<ExecutionResult, EngineError> {
+        let _lent = embed::lend_evaluator(evaluator);
         Python::attach(|py| {
             // SAFETY: the host keeps both views mapped for the whole call, and both memoryviews
             // are released below before returning, so Python cannot outlive the mapping through
@@ -136,7 +138,7 @@ impl Engine for PyEngine {
                 .map(release)
                 .transpose()
                 .and_then(|_| release(&out));
-            let t: (bool, f64, u64, u64, Vec<String>, String) = result
+            let t: (bool, f64, u64, u64, Vec<String>, String, String) = result
                 .and_then(|v| v.extract(py))
                 .map_err(|e| embed::engine_error(py, e))?;
             if let Err(e) = released {
@@ -153,6 +155,7 @@ impl Engine for PyEngine {
                 bytes_written: t.3,
                 warnings: t.4,
                 error_message: t.5,
+                report_json: t.6,
             })
         })
     }

@@ -190,13 +190,15 @@ impl Bus {
         unsafe { self.column_bytes_mut(id, entry) }
     }
 
-    /// Reduce a per-chunk segment (`[chunks, n]` columns) into a new sealed segment of `[n]`
-    /// columns, combining slots in chunk order.
+    /// Reduce a per-chunk segment (`[chunks, n]` columns) into a sealed segment of `[n]`
+    /// columns, combining slots in chunk order: a new one, or `into` (a re-evaluation rewrites
+    /// the segment its consumers already map).
     pub fn reduce(
         &mut self,
         id: SegmentId,
         producer: &str,
         how: crate::config::model::Reduce,
+        into: Option<SegmentId>,
     ) -> Result<SegmentId, BusError> {
         let src = self.seg(id).header.clone();
         let cols: Vec<(String, DType, Vec<u64>)> = src
@@ -205,7 +207,13 @@ impl Bus {
             .map(|c| (c.name.clone(), c.dtype, vec![c.shape.get(1).copied().unwrap_or(1)]))
             .collect();
         let rows = cols.first().map(|c| c.2[0]).unwrap_or(0);
-        let out = self.allocate(producer, rows, &cols)?;
+        let out = match into {
+            Some(seg) => {
+                self.set_state(seg, SegmentState::Writing);
+                seg
+            }
+            None => self.allocate(producer, rows, &cols)?,
+        };
         let dst = self.seg(out).header.clone();
         for (s, d) in src.columns.iter().zip(&dst.columns) {
             // SAFETY: the source segment is sealed (its node completed) and the destination is
@@ -285,7 +293,7 @@ mod tests {
             b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
         bus.set_state(id, SegmentState::Sealed);
-        let r = bus.reduce(id, "n", Reduce::Sum).unwrap();
+        let r = bus.reduce(id, "n", Reduce::Sum, None).unwrap();
         let re = bus.header(r).columns[0].clone();
         assert_eq!(re.shape, vec![2]);
         // SAFETY: sealed.

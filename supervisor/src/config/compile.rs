@@ -235,7 +235,8 @@ impl Compiler<'_> {
         let sources = self.sources(root.get("data_sources"));
         let raw = self.engines(root.get("engines"), &sources);
         let credentials = self.credentials(root.get("am_credentials"));
-        let nodes = self.graph(raw, &sources);
+        let mut nodes = self.graph(raw, &sources);
+        self.mark_warm(&mut nodes);
         let outputs = self.outputs(root.get("output"), &nodes);
         Some(Dag {
             path: path.to_path_buf(),
@@ -479,6 +480,7 @@ impl Compiler<'_> {
                     "accept_partial_inputs",
                     "memory_limit_mb",
                     "faults",
+                    "evaluates",
                 ],
                 &path,
                 self.p,
@@ -702,6 +704,7 @@ impl Compiler<'_> {
             index,
             node: Node {
                 id: id.into(),
+                decl_index: index,
                 type_name: type_name.unwrap_or_default().into(),
                 kind,
                 config,
@@ -718,6 +721,8 @@ impl Compiler<'_> {
                 accept_partial_inputs,
                 memory_limit_mb,
                 faults,
+                evaluates: self.evaluates(obj, type_name.unwrap_or_default(), path),
+                warm: false,
             },
             expects,
             chunk_by,
@@ -755,6 +760,45 @@ impl Compiler<'_> {
             r.max_delay = Duration::from_millis(d);
         }
         r
+    }
+
+    /// Nodes an engine may re-evaluate: `evaluates` as written, or for the built-in solver the
+    /// node part of each `config.parameters[].name` (`"<node>.<key>"`).
+    fn evaluates(&mut self, obj: &Map<String, Value>, type_name: &str, path: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if let Some(v) = obj.get("evaluates") {
+            match v.as_array() {
+                Some(a) if a.iter().all(Value::is_string) => {
+                    out.extend(a.iter().filter_map(|x| x.as_str().map(String::from)))
+                }
+                _ => self.p.add(format!("{path}.evaluates"), "must be a list of engine ids"),
+            }
+        }
+        if type_name == "python_solver" {
+            let params = obj.get("config").and_then(|c| c.get("parameters"));
+            match params.and_then(Value::as_array) {
+                None => self.p.add(
+                    format!("{path}.config.parameters"),
+                    "the solver needs a list of parameters {name: \"<engine>.<config key>\", initial, lower, upper}",
+                ),
+                Some(list) => {
+                    for (k, p) in list.iter().enumerate() {
+                        match p.get("name").and_then(Value::as_str).and_then(|n| n.split_once('.')) {
+                            Some((node, key)) if !node.is_empty() && !key.is_empty() => {
+                                if !out.iter().any(|o| o == node) {
+                                    out.push(node.to_string());
+                                }
+                            }
+                            _ => self.p.add(
+                                format!("{path}.config.parameters[{k}].name"),
+                                "expected \"<engine id>.<config key>\"",
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn restart_limit(&mut self, v: Option<&Value>, path: &str) -> RestartLimit {
@@ -952,6 +996,46 @@ impl Compiler<'_> {
         ordered
     }
 
+    /// Check every `evaluates` entry names an upstream engine, and keep warm the engines that
+    /// a re-evaluation re-runs: between a parameterised engine and its solver.
+    fn mark_warm(&mut self, nodes: &mut [Node]) {
+        let index: HashMap<String, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
+        let ups: Vec<Vec<usize>> = nodes
+            .iter()
+            .map(|n| {
+                n.inputs
+                    .iter()
+                    .filter_map(|i| match &i.from {
+                        Producer::Node { node, .. } => index.get(node).copied(),
+                        Producer::Source(_) => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        for s in 0..nodes.len() {
+            if nodes[s].evaluates.is_empty() {
+                continue;
+            }
+            let anc = ancestors(&ups, s);
+            for p in nodes[s].evaluates.clone() {
+                match index.get(&p) {
+                    Some(&pi) if anc.contains(&pi) => {
+                        for (k, a) in anc.iter().enumerate() {
+                            let _ = k;
+                            if *a == pi || ancestors(&ups, *a).contains(&pi) {
+                                nodes[*a].warm = true;
+                            }
+                        }
+                    }
+                    _ => self.p.add(
+                        format!("$.engines[{}].evaluates", nodes[s].decl_index),
+                        format!("'{p}' is not an engine upstream of '{}': only upstream engines can be re-evaluated", nodes[s].id),
+                    ),
+                }
+            }
+        }
+    }
+
     fn outputs(&mut self, v: Option<&Value>, nodes: &[Node]) -> Vec<OutputRef> {
         let Some(v) = v else {
             // Default: every output of every sink node.
@@ -993,6 +1077,21 @@ impl Compiler<'_> {
         }
         out
     }
+}
+
+/// Indices of every node upstream of `n`.
+fn ancestors(ups: &[Vec<usize>], n: usize) -> Vec<usize> {
+    let mut seen = vec![false; ups.len()];
+    let mut stack = ups[n].clone();
+    let mut out = Vec::new();
+    while let Some(x) = stack.pop() {
+        if !seen[x] {
+            seen[x] = true;
+            out.push(x);
+            stack.extend(ups[x].iter().copied());
+        }
+    }
+    out
 }
 
 fn shape_text(shape: &[Dim], rows: u64) -> Vec<String> {

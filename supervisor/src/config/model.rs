@@ -205,6 +205,8 @@ pub enum OnFailure {
 #[derive(Debug, Clone)]
 pub struct Node {
     pub id: String,
+    /// Position in the DAG file's `engines` list (nodes themselves are in topological order).
+    pub decl_index: usize,
     /// The type string as written in the DAG.
     pub type_name: String,
     pub kind: EngineKind,
@@ -225,6 +227,11 @@ pub struct Node {
     pub memory_limit_mb: Option<u64>,
     /// Fault-injection plan passed to the workers verbatim (JSON array).
     pub faults: Option<Value>,
+    /// Upstream nodes this engine may ask to re-evaluate with new parameters (a solver).
+    pub evaluates: Vec<String>,
+    /// Keep this node's workers initialized after it completes: a downstream solver may ask
+    /// for it to be re-run.
+    pub warm: bool,
 }
 
 impl Node {

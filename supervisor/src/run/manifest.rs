@@ -133,6 +133,10 @@ pub struct NodeReport {
     /// Dispatch-to-completion time of a chunk minus the engine's own time, microseconds.
     pub control_round_trip_us: Quantiles,
     pub recoveries: Vec<Recovery>,
+    /// Times the node was re-run for a solver on its warm workers.
+    pub evaluations: u32,
+    /// The engine's own report (e.g. a solver's result and history), if it returned one.
+    pub report: Option<serde_json::Value>,
     pub warnings: Vec<String>,
     pub error: Option<String>,
 }

@@ -230,6 +230,22 @@ struct NodeRun {
     recoveries: Vec<Recovery>,
     /// Recoveries whose replacement worker is not yet ready, oldest first.
     open_recoveries: VecDeque<usize>,
+    /// The config the workers are initialized with: the DAG's, plus evaluation parameters.
+    config: serde_json::Value,
+    /// Times this node was re-run for a solver.
+    evaluations: u32,
+    /// The engine's last `report_json`, parsed.
+    report: Option<serde_json::Value>,
+}
+
+/// A re-evaluation requested by a solver, in progress.
+#[derive(Debug)]
+struct Evaluation {
+    worker: WorkerId,
+    request: u64,
+    /// Nodes to re-run, in topological order.
+    nodes: Vec<usize>,
+    started: Instant,
 }
 
 struct Run<'a> {
@@ -247,6 +263,7 @@ struct Run<'a> {
     abort: Option<String>,
     signals_seen: u32,
     errors: Vec<String>,
+    evaluation: Option<Evaluation>,
 }
 
 /// Run a compiled DAG to completion.
@@ -296,6 +313,9 @@ pub fn run(dag: &Dag, opts: &RunOptions) -> Result<RunOutcome, RunError> {
                 respawns: Vec::new(),
                 recoveries: Vec::new(),
                 open_recoveries: VecDeque::new(),
+                config: n.config.clone(),
+                evaluations: 0,
+                report: None,
             })
             .collect(),
         workers: Vec::new(),
@@ -303,6 +323,7 @@ pub fn run(dag: &Dag, opts: &RunOptions) -> Result<RunOutcome, RunError> {
         abort: None,
         signals_seen: 0,
         errors: Vec::new(),
+        evaluation: None,
     };
     let loaded = run.load_sources();
     if let Err(e) = loaded {
@@ -514,6 +535,16 @@ impl Run<'_> {
             if self.abort.is_none() {
                 self.start_ready_nodes();
             }
+            let running = self
+                .nodes
+                .iter()
+                .any(|n| matches!(n.status, NodeStatus::Running | NodeStatus::Waiting));
+            if !running {
+                // Warm workers kept for re-evaluation have nothing left to wait for.
+                for k in 0..self.workers.len() {
+                    self.stop(WorkerId(k));
+                }
+            }
             let live = self.workers.iter().any(|w| !matches!(w.phase, Phase::Gone));
             let running = self
                 .nodes
@@ -604,6 +635,10 @@ impl Run<'_> {
     }
 
     fn start_node(&mut self, i: usize) {
+        if !self.nodes[i].outputs.is_empty() {
+            self.restart_warm(i);
+            return;
+        }
         let node = &self.dag.nodes[i];
         let now = Instant::now();
         self.nodes[i].status = NodeStatus::Running;
@@ -640,6 +675,156 @@ impl Run<'_> {
         for k in 0..count {
             self.spawn_worker(i, k, None);
         }
+    }
+
+    /// Re-run a completed node for an evaluation: same segments, same (warm) workers, new
+    /// config. Each worker is disposed and initialized again, as the seed's lifecycle allows.
+    fn restart_warm(&mut self, i: usize) {
+        let node = &self.dag.nodes[i];
+        self.nodes[i].status = NodeStatus::Running;
+        self.nodes[i].evaluations += 1;
+        self.nodes[i].chunks = plan_chunks(node);
+        for o in &self.nodes[i].outputs {
+            self.bus.set_state(o.live, SegmentState::Writing);
+        }
+        let config = self.nodes[i].config.to_string();
+        let credentials = self.dag.credentials.clone();
+        let deadline = Instant::now() + node.startup_timeout;
+        let mut warm = 0;
+        for w in self.nodes[i].workers.clone() {
+            if !matches!(self.workers[w.0].phase, Phase::Idle) {
+                continue;
+            }
+            let sent = self.send(w, ToWorker::Dispose).is_ok()
+                && self
+                    .send(
+                        w,
+                        ToWorker::Initialize {
+                            config_json: config.clone(),
+                            credentials: credentials.clone(),
+                        },
+                    )
+                    .is_ok();
+            self.workers[w.0].phase = Phase::Initializing { deadline };
+            if sent {
+                warm += 1;
+            } else {
+                self.worker_failed(w, Cause::ChannelLost);
+            }
+        }
+        if warm == 0 && self.nodes[i].respawns.is_empty() {
+            let index = self.nodes[i].workers.len() as u32;
+            self.spawn_worker(i, index, None);
+        }
+    }
+
+    /// A solver asks for its upstream sub-graph to be re-run with new parameters.
+    fn on_evaluate(&mut self, w: WorkerId, request: u64, params: Vec<(String, f64)>) {
+        let s = self.workers[w.0].node;
+        let reply = |run: &mut Self, outcome| {
+            let _ = run.send(w, ToWorker::Evaluated { request, outcome });
+        };
+        if self.evaluation.is_some() {
+            reply(self, Err("another evaluation is in progress".into()));
+            return;
+        }
+        if self.abort.is_some() {
+            reply(self, Err(format!("the run is stopping: {}", self.abort.clone().unwrap_or_default())));
+            return;
+        }
+        let allowed = &self.dag.nodes[s].evaluates;
+        let mut by_node: HashMap<usize, Vec<(String, f64)>> = HashMap::new();
+        for (name, value) in &params {
+            let Some((node, key)) = name.split_once('.').filter(|(n, k)| !n.is_empty() && !k.is_empty()) else {
+                reply(self, Err(format!("parameter '{name}' is not '<engine>.<config key>'")));
+                return;
+            };
+            if !allowed.iter().any(|a| a == node) {
+                reply(self, Err(format!("engine '{node}' is not one this engine may re-evaluate (allowed: {})", allowed.join(", "))));
+                return;
+            }
+            if !value.is_finite() {
+                reply(self, Err(format!("parameter '{name}' is {value}, not a finite number")));
+                return;
+            }
+            by_node.entry(self.node_index(node)).or_default().push((key.to_string(), *value));
+        }
+        // Re-run the warm nodes fed, directly or not, by a parameterised one.
+        let mut rerun: Vec<usize> = Vec::new();
+        for i in 0..self.dag.nodes.len() {
+            if !self.dag.nodes[i].warm {
+                continue;
+            }
+            let fed = by_node.contains_key(&i)
+                || self.dag.nodes[i].inputs.iter().any(|inp| match &inp.from {
+                    Producer::Node { node, .. } => rerun.contains(&self.node_index(node)),
+                    Producer::Source(_) => false,
+                });
+            if fed {
+                rerun.push(i);
+            }
+        }
+        for &i in &rerun {
+            let mut config = self.dag.nodes[i].config.clone();
+            if let (Some(obj), Some(set)) = (config.as_object_mut(), by_node.get(&i)) {
+                for (k, v) in set {
+                    obj.insert(k.clone(), serde_json::json!(v));
+                }
+            }
+            self.nodes[i].config = config;
+            self.nodes[i].status = NodeStatus::Waiting;
+        }
+        tracing::debug!(?params, nodes = ?rerun.iter().map(|&i| &self.dag.nodes[i].id).collect::<Vec<_>>(), "evaluation");
+        self.evaluation = Some(Evaluation {
+            worker: w,
+            request,
+            nodes: rerun,
+            started: Instant::now(),
+        });
+        self.finish_evaluation_if_done();
+    }
+
+    fn finish_evaluation_if_done(&mut self) {
+        let Some(ev) = &self.evaluation else { return };
+        if !ev.nodes.iter().all(|&i| self.nodes[i].status == NodeStatus::Succeeded) {
+            return;
+        }
+        let ev = self.evaluation.take().expect("checked above");
+        let report = livecalc_protocol::EvaluationReport {
+            nodes: ev.nodes.iter().map(|&i| self.dag.nodes[i].id.clone()).collect(),
+            elapsed_ms: ev.started.elapsed().as_secs_f64() * 1e3,
+        };
+        let _ = self.send(
+            ev.worker,
+            ToWorker::Evaluated {
+                request: ev.request,
+                outcome: Ok(report),
+            },
+        );
+    }
+
+    /// An evaluation could not complete: tell the solver, and leave the nodes as they are (the
+    /// solver decides what to do; the failure is in its report and in this node's warnings).
+    fn fail_evaluation(&mut self, i: usize, message: String) {
+        let Some(ev) = self.evaluation.take() else { return };
+        for &n in &ev.nodes {
+            if matches!(self.nodes[n].status, NodeStatus::Running | NodeStatus::Waiting) {
+                self.nodes[n].status = NodeStatus::Succeeded;
+                self.nodes[n].respawns.clear();
+            }
+        }
+        self.nodes[i].warnings.push(format!("evaluation failed: {message}"));
+        let _ = self.send(
+            ev.worker,
+            ToWorker::Evaluated {
+                request: ev.request,
+                outcome: Err(message),
+            },
+        );
+    }
+
+    fn in_evaluation(&self, i: usize) -> bool {
+        self.evaluation.as_ref().is_some_and(|e| e.nodes.contains(&i))
     }
 
     /// Byte regions (segment, offset, length) a chunk writes, in output and column order.
@@ -822,7 +1007,7 @@ impl Run<'_> {
                 self.nodes[i].engine = Some(engine);
                 self.nodes[i].runtime = Some(runtime);
                 let msg = ToWorker::Initialize {
-                    config_json: node.config.to_string(),
+                    config_json: self.nodes[i].config.to_string(),
                     credentials: self.dag.credentials.clone(),
                 };
                 let deadline = Instant::now() + node.startup_timeout;
@@ -929,6 +1114,7 @@ impl Run<'_> {
                 self.dispatch(w);
             }
             FromWorker::Failed { error, .. } => self.worker_failed(w, Cause::Engine(error)),
+            FromWorker::Evaluate { request, params } => self.on_evaluate(w, request, params),
             FromWorker::Disposed => {}
             FromWorker::Hello { .. } | FromWorker::Refused { .. } => {
                 self.worker_failed(w, Cause::Handshake("sent a second handshake".into()))
@@ -949,7 +1135,8 @@ impl Run<'_> {
         let parts: Vec<&[u8]> = regions.iter().map(|r| &**r).collect();
         let hash = hash_regions(&parts);
         let index = self.nodes[i].chunks[k].span.index;
-        if let Some(j) = &self.journal {
+        let journal = self.journal.as_ref().filter(|_| !self.in_evaluation(i));
+        if let Some(j) = journal {
             if let Err(e) = j.save(&self.dag.nodes[i].id, index, &parts) {
                 tracing::warn!(error = %e, "cannot journal chunk {index}; a resume would recompute it");
             }
@@ -964,6 +1151,9 @@ impl Run<'_> {
         nr.round_trip_us.push(rt.max(0.0));
         for warning in result.warnings {
             nr.warnings.push(format!("chunk {index}: {warning}"));
+        }
+        if !result.report_json.is_empty() {
+            nr.report = serde_json::from_str(&result.report_json).ok();
         }
     }
 
@@ -1106,6 +1296,10 @@ impl Run<'_> {
                     kind: cause.kind(),
                     message: message.clone(),
                 };
+                if self.in_evaluation(i) {
+                    self.fail_evaluation(i, message);
+                    return;
+                }
                 if node.on_failure == OnFailure::Fail {
                     self.fail_node(i, message);
                     return;
@@ -1155,6 +1349,10 @@ impl Run<'_> {
     /// Every chunk not yet done fails with `message` (a cause no retry can fix).
     fn node_fatal(&mut self, i: usize, message: String) {
         if self.nodes[i].status != NodeStatus::Running {
+            return;
+        }
+        if self.in_evaluation(i) {
+            self.fail_evaluation(i, message);
             return;
         }
         for c in &mut self.nodes[i].chunks {
@@ -1232,7 +1430,8 @@ impl Run<'_> {
             let live = self.nodes[i].outputs[k].live;
             self.bus.set_state(live, SegmentState::Sealed);
             if let Some(how) = o.reduce {
-                match self.bus.reduce(live, &node.id, how) {
+                let into = self.nodes[i].outputs[k].reduced;
+                match self.bus.reduce(live, &node.id, how, into) {
                     Ok(r) => self.nodes[i].outputs[k].reduced = Some(r),
                     Err(e) => {
                         self.fail_node(i, format!("node '{}': {e}", node.id));
@@ -1248,10 +1447,13 @@ impl Run<'_> {
         };
         self.nodes[i].finished = Some(Instant::now());
         self.nodes[i].respawns.clear();
-        tracing::info!(node = %node.id, partial, "node finished");
-        for w in self.nodes[i].workers.clone() {
-            self.stop(w);
+        tracing::debug!(node = %node.id, partial, "node finished");
+        if !node.warm {
+            for w in self.nodes[i].workers.clone() {
+                self.stop(w);
+            }
         }
+        self.finish_evaluation_if_done();
     }
 
     /// A completed chunk's regions must still hash to what they were when it completed; if a
@@ -1650,6 +1852,8 @@ impl Run<'_> {
             },
             control_round_trip_us: Quantiles::of(&r.round_trip_us),
             recoveries: r.recoveries.clone(),
+            evaluations: r.evaluations,
+            report: r.report.clone(),
             warnings: r.warnings.clone(),
             error,
         }

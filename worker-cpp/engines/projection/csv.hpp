@@ -23,11 +23,6 @@ class CsvTable {
 public:
     // `role` says what the table is for ("mortality", "lapse", ...) in messages.
     static CsvTable read(const std::string& path, const std::string& role) {
-        if (path.size() > 8 && path.compare(path.size() - 8, 8, ".parquet") == 0) {
-            throw InitializationError(role + " table '" + path +
-                                      "': the C++ engine reads CSV assumption tables only; "
-                                      "convert the Parquet file to CSV");
-        }
         std::ifstream in(path, std::ios::binary);
         if (!in) throw InitializationError(role + " table '" + path + "' cannot be opened");
         std::stringstream buf;

@@ -6,9 +6,9 @@
 pub mod reference;
 
 use livecalc_protocol::owned_view::{ColumnData, OwnedView};
-use livecalc_protocol::{ChunkSpan, DType, EngineError, ExecutionResult};
+use livecalc_protocol::{ChunkSpan, DType, EngineError, EvaluationReport, ExecutionResult};
 use livecalc_worker_cpp::CppEngine;
-use livecalc_worker_host::{Engine, InputBuffer, OutputBuffer};
+use livecalc_worker_host::{Engine, Evaluator, InputBuffer, OutputBuffer};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -345,11 +345,20 @@ fn zeros(c: &OutCol, rows: usize) -> ColumnData {
     }
 }
 
+/// The projection engines never ask for re-evaluation; a test host has no supervisor to ask.
+struct NoSupervisor;
+
+impl Evaluator for NoSupervisor {
+    fn evaluate(&mut self, _params: &[(String, f64)]) -> Result<EvaluationReport, String> {
+        Err("no supervisor in an engine test".into())
+    }
+}
+
 /// Run one view pair through the engine.
 pub fn run_view(e: &mut CppEngine, input: &OwnedView, output: &mut OwnedView) -> Result<ExecutionResult, EngineError> {
     let ib = InputBuffer { ptr: input.as_ptr(), len: input.len() };
     let ob = OutputBuffer { ptr: output.as_mut_ptr(), len: output.len() };
-    e.run_chunk(Some(ib), ob)
+    e.run_chunk(Some(ib), ob, &mut NoSupervisor)
 }
 
 /// Views of one chunk: the book's rows `r` plus the whole scenario input.

@@ -58,6 +58,8 @@ def run_chunk(engine: ICalcEngine, input_mv, output_mv):
         raise ExecutionError(f"runChunk must return a dict, got {type(result).__name__}")
     elapsed = float(result.get("execution_time_ms", (time.perf_counter() - start) * 1e3))
     warnings = [str(w) for w in result.get("warnings", [])]
+    report = result.get("report")
+    report_json = json.dumps(report, allow_nan=False, default=float) if report is not None else ""
     return (
         bool(result.get("success", True)),
         elapsed,
@@ -65,6 +67,7 @@ def run_chunk(engine: ICalcEngine, input_mv, output_mv):
         int(result.get("bytes_written", 0)),
         warnings,
         str(result.get("error_message", "")),
+        report_json,
     )
 
 
