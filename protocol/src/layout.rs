@@ -395,7 +395,7 @@ impl ViewDirectory {
 
 fn check_placement(c: &ColumnEntry, limit: u64) -> Result<(), LayoutError> {
     let end = c.offset.checked_add(c.nbytes());
-    if c.offset % c.dtype.size() as u64 != 0 || end.is_none_or(|e| e > limit) {
+    if !c.offset.is_multiple_of(c.dtype.size() as u64) || end.is_none_or(|e| e > limit) {
         return Err(LayoutError::OutOfBounds(c.name.clone()));
     }
     Ok(())

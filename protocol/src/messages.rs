@@ -186,7 +186,11 @@ pub struct EngineError {
 }
 
 impl EngineError {
-    pub fn new(kind: EngineErrorKind, class: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        kind: EngineErrorKind,
+        class: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         EngineError {
             kind,
             class: class.into(),

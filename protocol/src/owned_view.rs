@@ -153,8 +153,7 @@ impl OwnedView {
         // SAFETY: the entry lies inside the view (checked by construction) and is aligned for T
         // (64-byte aligned start); T accepts any bit pattern.
         unsafe {
-            std::slice::from_raw_parts(self.as_ptr().add(e.offset as usize).cast::<T>(), n)
-                .to_vec()
+            std::slice::from_raw_parts(self.as_ptr().add(e.offset as usize).cast::<T>(), n).to_vec()
         }
     }
 }

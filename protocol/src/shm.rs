@@ -331,8 +331,7 @@ impl Arena {
         unsafe {
             mman::mmap(
                 Some(NonZeroUsize::new(at).expect("non-null")),
-                NonZeroUsize::new(len)
-                    .ok_or_else(|| std::io::Error::other("empty segment"))?,
+                NonZeroUsize::new(len).ok_or_else(|| std::io::Error::other("empty segment"))?,
                 prot,
                 MapFlags::MAP_SHARED | MapFlags::MAP_FIXED,
                 fd,

@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "livecalc-supervisor", version, about = "Run actuarial calculation pipelines (JSON DAGs of C++ and Python engines) over shared memory")]
+#[command(
+    name = "livecalc-supervisor",
+    version,
+    about = "Run actuarial calculation pipelines (JSON DAGs of C++ and Python engines) over shared memory"
+)]
 pub struct Cli {
     /// Print a machine-readable JSON result on stdout.
     #[arg(long, global = true)]
@@ -135,7 +139,11 @@ fn execute(cli: Cli) -> Result<u8, CliError> {
                     dag.display(),
                     d.sources.len(),
                     d.nodes.len(),
-                    d.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>().join(" -> ")
+                    d.nodes
+                        .iter()
+                        .map(|n| n.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" -> ")
                 );
             }
             Ok(0)

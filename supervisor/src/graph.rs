@@ -8,7 +8,8 @@ fn quote(s: &str) -> String {
 }
 
 pub fn dot(dag: &Dag) -> String {
-    let mut out = String::from("digraph livecalc {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n");
+    let mut out =
+        String::from("digraph livecalc {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n");
     for s in &dag.sources {
         let _ = writeln!(
             out,
@@ -31,7 +32,9 @@ pub fn dot(dag: &Dag) -> String {
         for i in &n.inputs {
             let (from, label) = match &i.from {
                 Producer::Source(s) => (format!("src:{s}"), i.name.clone()),
-                Producer::Node { node, output } => (node.clone(), format!("{output} -> {}", i.name)),
+                Producer::Node { node, output } => {
+                    (node.clone(), format!("{output} -> {}", i.name))
+                }
             };
             let style = if i.chunked { ", style=bold" } else { "" };
             let _ = writeln!(
@@ -59,14 +62,29 @@ pub fn mermaid(dag: &Dag) -> String {
     let id = |s: &str| s.replace('-', "_");
     let mut out = String::from("flowchart LR\n");
     for s in &dag.sources {
-        let _ = writeln!(out, "  src_{}[(\"{} ({} rows)\")]", id(&s.name), s.name, s.rows);
+        let _ = writeln!(
+            out,
+            "  src_{}[(\"{} ({} rows)\")]",
+            id(&s.name),
+            s.name,
+            s.rows
+        );
     }
     for n in &dag.nodes {
-        let _ = writeln!(out, "  node_{}[\"{}<br/>{}\"]", id(&n.id), n.id, n.type_name);
+        let _ = writeln!(
+            out,
+            "  node_{}[\"{}<br/>{}\"]",
+            id(&n.id),
+            n.id,
+            n.type_name
+        );
         for i in &n.inputs {
             let (from, label) = match &i.from {
                 Producer::Source(s) => (format!("src_{}", id(s)), i.name.clone()),
-                Producer::Node { node, output } => (format!("node_{}", id(node)), format!("{output} → {}", i.name)),
+                Producer::Node { node, output } => (
+                    format!("node_{}", id(node)),
+                    format!("{output} → {}", i.name),
+                ),
             };
             let arrow = if i.chunked { "==>" } else { "-->" };
             let _ = writeln!(out, "  {from} {arrow}|{label}| node_{}", id(&n.id));

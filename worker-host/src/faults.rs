@@ -239,11 +239,13 @@ mod tests {
                 {"kind":"exit","code":7,"phase":"initialize"}]"#,
         )
         .unwrap();
-        let at = |phase, chunk, attempt| plan.at(Site {
-            phase,
-            chunk,
-            attempt,
-        });
+        let at = |phase, chunk, attempt| {
+            plan.at(Site {
+                phase,
+                chunk,
+                attempt,
+            })
+        };
         assert_eq!(
             at(Phase::BeforeChunk, Some(2), 1).unwrap().kind,
             FaultKind::Segfault
@@ -258,8 +260,7 @@ mod tests {
 
     #[test]
     fn probability_is_deterministic_and_roughly_right() {
-        let plan =
-            FaultPlan::parse(r#"[{"kind":"abort","probability":0.25,"seed":9}]"#).unwrap();
+        let plan = FaultPlan::parse(r#"[{"kind":"abort","probability":0.25,"seed":9}]"#).unwrap();
         let fired = (0..4000)
             .filter(|&c| {
                 plan.at(Site {

@@ -99,6 +99,8 @@ impl Evaluator for Link<'_> {
                     request: r,
                     outcome,
                 }) if r == request => return outcome,
+                // The answer to an earlier request this engine gave up on.
+                Ok(ToWorker::Evaluated { .. }) => continue,
                 Ok(ToWorker::Shutdown) | Err(_) => {
                     // The run is being stopped while we wait: nothing left to compute for.
                     std::process::exit(0)
@@ -143,7 +145,8 @@ impl WorkerArgs {
             }
         }
         Ok(WorkerArgs {
-            connect: connect.ok_or("missing --connect NAME (workers are started by livecalc-supervisor)")?,
+            connect: connect
+                .ok_or("missing --connect NAME (workers are started by livecalc-supervisor)")?,
             engine: engine.ok_or("missing --engine TYPE")?,
             node,
             worker,
@@ -186,7 +189,13 @@ fn init_logging() {
 fn tie_to_parent() {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and has no memory-safety concerns.
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
     }
     if let Some(expected) = std::env::var(SUPERVISOR_PID_ENV)
         .ok()
@@ -389,7 +398,11 @@ impl<E: Engine> Host<E> {
         }
     }
 
-    fn run_chunk(&mut self, chunk: ChunkSpan, attempt: u32) -> Result<ExecutionResult, EngineError> {
+    fn run_chunk(
+        &mut self,
+        chunk: ChunkSpan,
+        attempt: u32,
+    ) -> Result<ExecutionResult, EngineError> {
         if self.state != Lifecycle::Initialized {
             return Err(lifecycle_error("runChunk", self.state));
         }

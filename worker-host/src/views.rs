@@ -7,11 +7,11 @@
 //! per-chunk outputs). The engine thus sees one contiguous buffer per side while not one byte
 //! of bulk data is copied, in this process or between processes.
 
+use livecalc_protocol::layout::STATE_OFFSET;
 use livecalc_protocol::layout::{ColumnEntry, SegmentHeader, SegmentState, ViewDirectory};
 use livecalc_protocol::shm::{self, Arena};
-use livecalc_protocol::{ChunkSpan, EngineError, EngineErrorKind, InputBinding, OutputBinding};
-use livecalc_protocol::layout::STATE_OFFSET;
 use livecalc_protocol::OutputKind;
+use livecalc_protocol::{ChunkSpan, EngineError, EngineErrorKind, InputBinding, OutputBinding};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// How a segment is cut for each chunk.
@@ -52,8 +52,11 @@ impl SideView {
     ) -> Result<SideView, EngineError> {
         let mut opened = Vec::with_capacity(segments.len());
         for (binding, segment, cut) in segments {
-            let (fd, len) = shm::open_segment(segment, writable)
-                .map_err(|e| bus_error(format!("cannot open segment {segment} for '{binding}': {e}")))?;
+            let (fd, len) = shm::open_segment(segment, writable).map_err(|e| {
+                bus_error(format!(
+                    "cannot open segment {segment} for '{binding}': {e}"
+                ))
+            })?;
             opened.push((binding, fd, len, *cut));
         }
         // The directory holds at most one entry per column of every segment; headers are read

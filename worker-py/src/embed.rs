@@ -84,7 +84,9 @@ fn evaluate<'py>(py: Python<'py>, params: Bound<'py, PyDict>) -> PyResult<Bound<
 fn install_worker_module(py: Python<'_>) -> PyResult<()> {
     let m = PyModule::new(py, "livecalc_worker")?;
     m.add_function(wrap_pyfunction!(evaluate, &m)?)?;
-    py.import("sys")?.getattr("modules")?.set_item("livecalc_worker", m)?;
+    py.import("sys")?
+        .getattr("modules")?
+        .set_item("livecalc_worker", m)?;
     Ok(())
 }
 
@@ -104,7 +106,11 @@ fn venv_dir() -> PathBuf {
 }
 
 fn startup_error(message: String) -> EngineError {
-    EngineError::new(EngineErrorKind::Initialization, "PythonStartupError", message)
+    EngineError::new(
+        EngineErrorKind::Initialization,
+        "PythonStartupError",
+        message,
+    )
 }
 
 /// Start the interpreter and make `livecalc`, the venv's packages, the DAG folder (the working
@@ -121,12 +127,19 @@ pub fn start() -> Result<(), EngineError> {
             .map_err(|e| startup_error(e.to_string()))?;
         let venv = venv_dir();
         let cfg = venv.join("pyvenv.cfg");
-        let site_packages = venv.join(format!("lib/python{}.{}/site-packages", version.0, version.1));
+        let site_packages = venv.join(format!(
+            "lib/python{}.{}/site-packages",
+            version.0, version.1
+        ));
         if cfg.exists() {
             let text = std::fs::read_to_string(&cfg).unwrap_or_default();
             let venv_version = text
                 .lines()
-                .find_map(|l| l.split_once('=').filter(|(k, _)| k.trim() == "version").map(|(_, v)| v.trim().to_string()))
+                .find_map(|l| {
+                    l.split_once('=')
+                        .filter(|(k, _)| k.trim() == "version")
+                        .map(|(_, v)| v.trim().to_string())
+                })
                 .unwrap_or_default();
             let ours = format!("{}.{}.", version.0, version.1);
             if !venv_version.starts_with(&ours) || !site_packages.is_dir() {
@@ -138,8 +151,12 @@ pub fn start() -> Result<(), EngineError> {
                 )));
             }
             py.import("site")
-                .and_then(|site| site.call_method1("addsitedir", (site_packages.to_string_lossy().as_ref(),)))
-                .map_err(|e| startup_error(format!("cannot add {}: {e}", site_packages.display())))?;
+                .and_then(|site| {
+                    site.call_method1("addsitedir", (site_packages.to_string_lossy().as_ref(),))
+                })
+                .map_err(|e| {
+                    startup_error(format!("cannot add {}: {e}", site_packages.display()))
+                })?;
         }
         let path = sys
             .getattr("path")
@@ -203,7 +220,8 @@ pub unsafe fn memoryview<'py>(
     // SAFETY: the caller guarantees the memory's validity for the memoryview's lifetime; the
     // attached `py` token proves we hold the interpreter.
     unsafe {
-        let raw = pyo3::ffi::PyMemoryView_FromMemory(ptr.cast(), len as pyo3::ffi::Py_ssize_t, flags);
+        let raw =
+            pyo3::ffi::PyMemoryView_FromMemory(ptr.cast(), len as pyo3::ffi::Py_ssize_t, flags);
         Bound::from_owned_ptr_or_err(py, raw)
     }
 }

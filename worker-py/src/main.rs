@@ -26,7 +26,10 @@ impl PyEngine {
                 .map_err(|e| embed::engine_error(py, e))?;
             let engine = host.call_method1("create", (engine_type,)).map_err(|e| {
                 let mut err = embed::engine_error(py, e);
-                if matches!(err.class.as_str(), "LookupError" | "ModuleNotFoundError" | "ImportError" | "AttributeError") {
+                if matches!(
+                    err.class.as_str(),
+                    "LookupError" | "ModuleNotFoundError" | "ImportError" | "AttributeError"
+                ) {
                     err.kind = EngineErrorKind::UnknownEngine;
                 }
                 err
@@ -117,7 +120,9 @@ impl Engine for PyEngine {
             let views = (|| -> PyResult<_> {
                 let inp = match input {
                     // SAFETY: see above.
-                    Some(b) => Some(unsafe { embed::memoryview(py, b.ptr.cast_mut(), b.len, false)? }),
+                    Some(b) => {
+                        Some(unsafe { embed::memoryview(py, b.ptr.cast_mut(), b.len, false)? })
+                    }
                     None => None,
                 };
                 // SAFETY: see above.
@@ -125,9 +130,9 @@ impl Engine for PyEngine {
                 Ok((inp, out))
             })();
             let (inp, out) = views.map_err(|e| embed::engine_error(py, e))?;
-            let result = self
-                .host
-                .call_method1(py, "run_chunk", (self.engine.bind(py), inp.as_ref(), &out));
+            let result =
+                self.host
+                    .call_method1(py, "run_chunk", (self.engine.bind(py), inp.as_ref(), &out));
             let release = |mv: &Bound<'_, PyAny>| {
                 // A still-exported buffer (an engine kept a numpy view) makes release() fail;
                 // that engine is buggy, and its chunk is failed rather than left dangling.
@@ -145,7 +150,9 @@ impl Engine for PyEngine {
                 return Err(EngineError::new(
                     EngineErrorKind::Execution,
                     "BufferError",
-                    format!("engine kept a reference to a shared-memory buffer after runChunk: {e}"),
+                    format!(
+                        "engine kept a reference to a shared-memory buffer after runChunk: {e}"
+                    ),
                 ));
             }
             Ok(ExecutionResult {

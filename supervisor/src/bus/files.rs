@@ -93,16 +93,15 @@ pub fn inspect(
         None => {
             let mut cols = Vec::new();
             for f in schema.fields() {
-                let dtype = match f.data_type() {
-                    // CSV inference widens integers to Int64 and reals to Float64.
-                    t => dtype_of(t).ok_or_else(|| {
-                        format!(
-                            "{}: column '{}' is {t}; declare it under 'columns' (text columns as {{\"dtype\": \"category\", \"levels\": [..]}})",
-                            path.display(),
-                            f.name()
-                        )
-                    })?,
-                };
+                // CSV inference widens integers to Int64 and reals to Float64.
+                let t = f.data_type();
+                let dtype = dtype_of(t).ok_or_else(|| {
+                    format!(
+                        "{}: column '{}' is {t}; declare it under 'columns' (text columns as {{\"dtype\": \"category\", \"levels\": [..]}})",
+                        path.display(),
+                        f.name()
+                    )
+                })?;
                 cols.push(ColumnSpec {
                     name: f.name().clone(),
                     ty: ColumnType::Plain(dtype),
@@ -115,6 +114,7 @@ pub fn inspect(
 }
 
 /// Destination of one column while loading: the mapped bytes of the column in its segment.
+#[derive(Debug)]
 pub struct ColumnSink<'a> {
     pub spec: &'a ColumnSpec,
     pub bytes: &'a mut [u8],
@@ -142,7 +142,11 @@ fn place(
     row0: u64,
     line_offset: u64,
 ) -> Result<(), String> {
-    let file = source.path.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+    let file = source
+        .path
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let name = &sink.spec.name;
     if array.null_count() > 0 {
         let r = (0..array.len()).find(|&i| array.is_null(i)).unwrap_or(0) as u64;
@@ -258,7 +262,11 @@ fn load_parquet(source: &DataSource, sinks: &mut [ColumnSink<'_>]) -> Result<u64
     let schema = builder.schema().clone();
     let roots: Vec<usize> = sinks
         .iter()
-        .map(|s| schema.index_of(&s.spec.name).expect("inspect checked every declared column"))
+        .map(|s| {
+            schema
+                .index_of(&s.spec.name)
+                .expect("inspect checked every declared column")
+        })
         .collect();
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     let reader = builder

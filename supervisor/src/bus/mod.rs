@@ -29,7 +29,11 @@ pub enum BusError {
     #[error(
         "not enough shared memory: the run needs {needed} bytes in {dir} but only {free} are free (Docker's default /dev/shm is 64 MB: enlarge it with --shm-size, or reduce the data)"
     )]
-    NoSpace { needed: u64, free: u64, dir: &'static str },
+    NoSpace {
+        needed: u64,
+        free: u64,
+        dir: &'static str,
+    },
     #[error("cannot create shared-memory segment for '{producer}': {source}")]
     Create {
         producer: String,
@@ -66,7 +70,10 @@ impl Bus {
         let start_time = shm::process_start_time(pid).unwrap_or(0);
         match shm::remove_stale() {
             Ok(removed) if !removed.is_empty() => {
-                tracing::info!(count = removed.len(), "removed stale segments of dead supervisors")
+                tracing::info!(
+                    count = removed.len(),
+                    "removed stale segments of dead supervisors"
+                )
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not scan for stale segments"),
@@ -204,7 +211,13 @@ impl Bus {
         let cols: Vec<(String, DType, Vec<u64>)> = src
             .columns
             .iter()
-            .map(|c| (c.name.clone(), c.dtype, vec![c.shape.get(1).copied().unwrap_or(1)]))
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    c.dtype,
+                    vec![c.shape.get(1).copied().unwrap_or(1)],
+                )
+            })
             .collect();
         let rows = cols.first().map(|c| c.2[0]).unwrap_or(0);
         let out = match into {

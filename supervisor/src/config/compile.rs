@@ -87,7 +87,13 @@ pub fn compile_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result
     let text = String::from_utf8(bytes).map_err(|_| fail("the DAG file is not UTF-8".into()))?;
     let dir = path
         .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
         .unwrap_or(Path::new("."));
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     compile_str(&text, path, &dir, env)
@@ -151,7 +157,10 @@ fn expand_vars(v: &mut Value, path: &str, env: &dyn Fn(&str) -> Option<String>, 
                 let name = &rest[i + 2..i + end];
                 match env(name) {
                     Some(val) => out.push_str(&val),
-                    None => p.add(path, format!("environment variable '{name}' is not defined")),
+                    None => p.add(
+                        path,
+                        format!("environment variable '{name}' is not defined"),
+                    ),
                 }
                 rest = &rest[i + end + 1..];
             }
@@ -183,7 +192,10 @@ fn check_keys(obj: &Map<String, Value>, allowed: &[&str], path: &str, p: &mut Pr
         if !allowed.contains(&k.as_str()) {
             p.add(
                 format!("{path}.{k}"),
-                format!("unknown key '{k}' (expected one of: {})", allowed.join(", ")),
+                format!(
+                    "unknown key '{k}' (expected one of: {})",
+                    allowed.join(", ")
+                ),
             );
         }
     }
@@ -192,8 +204,7 @@ fn check_keys(obj: &Map<String, Value>, allowed: &[&str], path: &str, p: &mut Pr
 fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 40
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
@@ -252,21 +263,30 @@ impl Compiler<'_> {
     fn sources(&mut self, v: Option<&Value>) -> Vec<DataSource> {
         let Some(v) = v else { return Vec::new() };
         let Some(obj) = v.as_object() else {
-            self.p.add("$.data_sources", "must be an object of name -> source");
+            self.p
+                .add("$.data_sources", "must be an object of name -> source");
             return Vec::new();
         };
         let mut out = Vec::new();
         for (name, spec) in obj {
             let path = format!("$.data_sources.{name}");
             if !valid_id(name) {
-                self.p.add(&path, "a source name uses letters, digits, '_' and '-' only");
+                self.p.add(
+                    &path,
+                    "a source name uses letters, digits, '_' and '-' only",
+                );
                 continue;
             }
             let Some(spec) = spec.as_object() else {
                 self.p.add(&path, "must be an object");
                 continue;
             };
-            check_keys(spec, &["path", "format", "columns", "sequence", "description"], &path, self.p);
+            check_keys(
+                spec,
+                &["path", "format", "columns", "sequence", "description"],
+                &path,
+                self.p,
+            );
             if let Some(src) = self.source(name, spec, &path) {
                 out.push(src);
             }
@@ -278,7 +298,8 @@ impl Compiler<'_> {
         if let Some(seq) = spec.get("sequence") {
             let rows = seq.get("rows").and_then(Value::as_u64);
             let Some(rows) = rows else {
-                self.p.add(format!("{path}.sequence"), "expected {\"rows\": N}");
+                self.p
+                    .add(format!("{path}.sequence"), "expected {\"rows\": N}");
                 return None;
             };
             return Some(DataSource {
@@ -302,14 +323,20 @@ impl Compiler<'_> {
             Some("csv") => SourceFormat::Csv,
             Some("parquet") => SourceFormat::Parquet,
             Some(other) => {
-                self.p.add(format!("{path}.format"), format!("unknown format '{other}' (csv or parquet)"));
+                self.p.add(
+                    format!("{path}.format"),
+                    format!("unknown format '{other}' (csv or parquet)"),
+                );
                 return None;
             }
             None => match full.extension().and_then(|e| e.to_str()) {
                 Some("csv") => SourceFormat::Csv,
                 Some("parquet") | Some("pq") => SourceFormat::Parquet,
                 _ => {
-                    self.p.add(format!("{path}.format"), "cannot tell the format from the file name: set 'format'");
+                    self.p.add(
+                        format!("{path}.format"),
+                        "cannot tell the format from the file name: set 'format'",
+                    );
                     return None;
                 }
             },
@@ -319,7 +346,10 @@ impl Compiler<'_> {
             None => None,
         };
         if !full.is_file() {
-            self.p.add(format!("{path}.path"), format!("file not found: {}", full.display()));
+            self.p.add(
+                format!("{path}.path"),
+                format!("file not found: {}", full.display()),
+            );
             return None;
         }
         match sources::inspect(&full, format, declared.as_deref()) {
@@ -338,9 +368,15 @@ impl Compiler<'_> {
     }
 
     /// Parse `{"name": "float64" | {"dtype": .., "shape": [..], "levels": [..]}}`.
-    fn columns(&mut self, v: &Value, path: &str, allow_fixed_first: bool) -> Option<Vec<ColumnSpec>> {
+    fn columns(
+        &mut self,
+        v: &Value,
+        path: &str,
+        allow_fixed_first: bool,
+    ) -> Option<Vec<ColumnSpec>> {
         let Some(obj) = v.as_object() else {
-            self.p.add(path, "must be an object of column name -> dtype");
+            self.p
+                .add(path, "must be an object of column name -> dtype");
             return None;
         };
         if obj.is_empty() {
@@ -352,7 +388,8 @@ impl Compiler<'_> {
         for (name, spec) in obj {
             let cpath = format!("{path}.{name}");
             if name.is_empty() || name.len() > 40 || name.contains('.') {
-                self.p.add(&cpath, "a column name is 1-40 characters without '.'");
+                self.p
+                    .add(&cpath, "a column name is 1-40 characters without '.'");
                 ok = false;
                 continue;
             }
@@ -365,18 +402,24 @@ impl Compiler<'_> {
                 _ => (None, None, None),
             };
             let Some(dtype_s) = dtype_v.and_then(Value::as_str) else {
-                self.p.add(&cpath, "expected a dtype string or {\"dtype\": ...}");
+                self.p
+                    .add(&cpath, "expected a dtype string or {\"dtype\": ...}");
                 ok = false;
                 continue;
             };
             let ty = if dtype_s == "category" {
                 let levels: Option<Vec<String>> = levels_v.and_then(Value::as_array).map(|a| {
-                    a.iter().filter_map(|x| x.as_str().map(String::from)).collect()
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
                 });
                 match levels {
                     Some(l) if !l.is_empty() => ColumnType::Category { levels: l },
                     _ => {
-                        self.p.add(&cpath, "a category column needs a non-empty 'levels' list of strings");
+                        self.p.add(
+                            &cpath,
+                            "a category column needs a non-empty 'levels' list of strings",
+                        );
                         ok = false;
                         continue;
                     }
@@ -413,21 +456,33 @@ impl Compiler<'_> {
                     shape
                 }
                 Some(_) => {
-                    self.p.add(format!("{cpath}.shape"), "a shape is a list of one or two dimensions");
+                    self.p.add(
+                        format!("{cpath}.shape"),
+                        "a shape is a list of one or two dimensions",
+                    );
                     ok = false;
                     continue;
                 }
             };
             if !allow_fixed_first && shape.first() != Some(&Dim::Rows) {
-                self.p.add(format!("{cpath}.shape"), "the first dimension of a row-wise column must be \"rows\"");
+                self.p.add(
+                    format!("{cpath}.shape"),
+                    "the first dimension of a row-wise column must be \"rows\"",
+                );
                 ok = false;
             }
             if allow_fixed_first && shape.contains(&Dim::Rows) {
-                self.p.add(format!("{cpath}.shape"), "a per-chunk (reduced) column has fixed dimensions only");
+                self.p.add(
+                    format!("{cpath}.shape"),
+                    "a per-chunk (reduced) column has fixed dimensions only",
+                );
                 ok = false;
             }
             if allow_fixed_first && shape.len() != 1 {
-                self.p.add(format!("{cpath}.shape"), "a per-chunk (reduced) column is one-dimensional");
+                self.p.add(
+                    format!("{cpath}.shape"),
+                    "a per-chunk (reduced) column is one-dimensional",
+                );
                 ok = false;
             }
             out.push(ColumnSpec {
@@ -490,15 +545,24 @@ impl Compiler<'_> {
                 continue;
             };
             if !valid_id(id) {
-                self.p.add(format!("{path}.id"), format!("'{id}' is not a valid id (letters, digits, '_', '-'; at most 40)"));
+                self.p.add(
+                    format!("{path}.id"),
+                    format!("'{id}' is not a valid id (letters, digits, '_', '-'; at most 40)"),
+                );
                 continue;
             }
             if let Some(first) = seen.insert(id.to_string(), i) {
-                self.p.add(format!("{path}.id"), format!("duplicate id '{id}' (also $.engines[{first}].id)"));
+                self.p.add(
+                    format!("{path}.id"),
+                    format!("duplicate id '{id}' (also $.engines[{first}].id)"),
+                );
                 continue;
             }
             if sources.iter().any(|s| s.name == id) {
-                self.p.add(format!("{path}.id"), format!("'{id}' is also the name of a data source"));
+                self.p.add(
+                    format!("{path}.id"),
+                    format!("'{id}' is also the name of a data source"),
+                );
             }
             if let Some(n) = self.engine(i, id, obj, &path) {
                 out.push(n);
@@ -507,7 +571,13 @@ impl Compiler<'_> {
         out
     }
 
-    fn engine(&mut self, index: usize, id: &str, obj: &Map<String, Value>, path: &str) -> Option<RawNode> {
+    fn engine(
+        &mut self,
+        index: usize,
+        id: &str,
+        obj: &Map<String, Value>,
+        path: &str,
+    ) -> Option<RawNode> {
         let type_name = obj.get("type").and_then(Value::as_str);
         let kind = match type_name {
             None => {
@@ -522,7 +592,10 @@ impl Compiler<'_> {
                 }
             },
         };
-        let config = obj.get("config").cloned().unwrap_or(Value::Object(Map::new()));
+        let config = obj
+            .get("config")
+            .cloned()
+            .unwrap_or(Value::Object(Map::new()));
         if !config.is_object() {
             self.p.add(format!("{path}.config"), "must be an object");
         }
@@ -530,12 +603,18 @@ impl Compiler<'_> {
         let mut expects = Vec::new();
         if let Some(iv) = obj.get("inputs") {
             match iv.as_object() {
-                None => self.p.add(format!("{path}.inputs"), "must be an object of input name -> producer"),
+                None => self.p.add(
+                    format!("{path}.inputs"),
+                    "must be an object of input name -> producer",
+                ),
                 Some(im) => {
                     for (name, spec) in im {
                         let ipath = format!("{path}.inputs.{name}");
                         if !valid_id(name) {
-                            self.p.add(&ipath, "an input name uses letters, digits, '_' and '-' only");
+                            self.p.add(
+                                &ipath,
+                                "an input name uses letters, digits, '_' and '-' only",
+                            );
                             continue;
                         }
                         let (from, cols) = match spec {
@@ -547,7 +626,10 @@ impl Compiler<'_> {
                             _ => (None, None),
                         };
                         let Some(from) = from else {
-                            self.p.add(&ipath, "expected \"source\", \"node.output\" or {\"from\": ..}");
+                            self.p.add(
+                                &ipath,
+                                "expected \"source\", \"node.output\" or {\"from\": ..}",
+                            );
                             continue;
                         };
                         let producer = match from.split_once('.') {
@@ -558,7 +640,9 @@ impl Compiler<'_> {
                             None => Producer::Source(from.into()),
                         };
                         let expected = match cols {
-                            Some(c) => self.columns(c, &format!("{ipath}.columns"), false).unwrap_or_default(),
+                            Some(c) => self
+                                .columns(c, &format!("{ipath}.columns"), false)
+                                .unwrap_or_default(),
                             None => Vec::new(),
                         };
                         inputs.push(InputSpec {
@@ -573,12 +657,18 @@ impl Compiler<'_> {
         }
         let mut outputs = Vec::new();
         match obj.get("outputs").and_then(Value::as_object) {
-            None => self.p.add(format!("{path}.outputs"), "missing object 'outputs' (output name -> columns)"),
+            None => self.p.add(
+                format!("{path}.outputs"),
+                "missing object 'outputs' (output name -> columns)",
+            ),
             Some(om) => {
                 for (name, spec) in om {
                     let opath = format!("{path}.outputs.{name}");
                     if !valid_id(name) {
-                        self.p.add(&opath, "an output name uses letters, digits, '_' and '-' only");
+                        self.p.add(
+                            &opath,
+                            "an output name uses letters, digits, '_' and '-' only",
+                        );
                         continue;
                     }
                     let Some(so) = spec.as_object() else {
@@ -591,24 +681,38 @@ impl Compiler<'_> {
                         Some(Some("sum")) => Some(Reduce::Sum),
                         Some(Some("first")) => Some(Reduce::First),
                         Some(_) => {
-                            self.p.add(format!("{opath}.reduce"), "expected \"sum\" or \"first\"");
+                            self.p
+                                .add(format!("{opath}.reduce"), "expected \"sum\" or \"first\"");
                             continue;
                         }
                     };
                     let Some(cv) = so.get("columns") else {
-                        self.p.add(format!("{opath}.columns"), "missing object 'columns'");
+                        self.p
+                            .add(format!("{opath}.columns"), "missing object 'columns'");
                         continue;
                     };
-                    let Some(columns) = self.columns(cv, &format!("{opath}.columns"), reduce.is_some()) else {
+                    let Some(columns) =
+                        self.columns(cv, &format!("{opath}.columns"), reduce.is_some())
+                    else {
                         continue;
                     };
-                    if columns.iter().any(|c| matches!(c.ty, ColumnType::Category { .. })) {
-                        self.p.add(format!("{opath}.columns"), "category columns are for data sources; outputs use int32");
+                    if columns
+                        .iter()
+                        .any(|c| matches!(c.ty, ColumnType::Category { .. }))
+                    {
+                        self.p.add(
+                            format!("{opath}.columns"),
+                            "category columns are for data sources; outputs use int32",
+                        );
                     }
                     if reduce.is_some() {
-                        let lens: HashSet<Vec<Dim>> = columns.iter().map(|c| c.shape.clone()).collect();
+                        let lens: HashSet<Vec<Dim>> =
+                            columns.iter().map(|c| c.shape.clone()).collect();
                         if lens.len() > 1 {
-                            self.p.add(format!("{opath}.columns"), "the columns of a reduced output must share one shape");
+                            self.p.add(
+                                format!("{opath}.columns"),
+                                "the columns of a reduced output must share one shape",
+                            );
                         }
                     }
                     outputs.push(OutputSpec {
@@ -639,7 +743,10 @@ impl Compiler<'_> {
                 Some(v) => match v.as_f64() {
                     Some(s) if s > 0.0 && s < 1e7 => Duration::from_secs_f64(s),
                     _ => {
-                        p.add(format!("{path}.{key}"), "must be a positive number of seconds");
+                        p.add(
+                            format!("{path}.{key}"),
+                            "must be a positive number of seconds",
+                        );
                         Duration::from_secs_f64(default)
                     }
                 },
@@ -648,12 +755,16 @@ impl Compiler<'_> {
         let timeout = seconds(self.p, "timeout_s", DEFAULT_TIMEOUT_S);
         let startup_timeout = seconds(self.p, "startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S);
         let retry = self.retry(obj.get("retry"), &format!("{path}.retry"));
-        let restart_limit = self.restart_limit(obj.get("restart_limit"), &format!("{path}.restart_limit"));
+        let restart_limit =
+            self.restart_limit(obj.get("restart_limit"), &format!("{path}.restart_limit"));
         let on_failure = match obj.get("on_failure").map(Value::as_str) {
             None | Some(Some("fail")) => OnFailure::Fail,
             Some(Some("partial")) => OnFailure::Partial,
             Some(_) => {
-                self.p.add(format!("{path}.on_failure"), "expected \"fail\" or \"partial\"");
+                self.p.add(
+                    format!("{path}.on_failure"),
+                    "expected \"fail\" or \"partial\"",
+                );
                 OnFailure::Fail
             }
         };
@@ -661,7 +772,10 @@ impl Compiler<'_> {
             None => false,
             Some(Value::Bool(b)) => *b,
             Some(_) => {
-                self.p.add(format!("{path}.accept_partial_inputs"), "must be true or false");
+                self.p.add(
+                    format!("{path}.accept_partial_inputs"),
+                    "must be true or false",
+                );
                 false
             }
         };
@@ -670,7 +784,10 @@ impl Compiler<'_> {
             Some(v) => match v.as_u64() {
                 Some(n) if n >= 16 => Some(n),
                 _ => {
-                    self.p.add(format!("{path}.memory_limit_mb"), "must be an integer of at least 16 (MiB)");
+                    self.p.add(
+                        format!("{path}.memory_limit_mb"),
+                        "must be an integer of at least 16 (MiB)",
+                    );
                     None
                 }
             },
@@ -685,7 +802,8 @@ impl Compiler<'_> {
             None => None,
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => {
-                self.p.add(format!("{path}.chunk_by"), "must be the name of an input");
+                self.p
+                    .add(format!("{path}.chunk_by"), "must be the name of an input");
                 None
             }
         };
@@ -694,7 +812,8 @@ impl Compiler<'_> {
             Some(v) => match v.as_u64() {
                 Some(n) => Some(n),
                 None => {
-                    self.p.add(format!("{path}.rows"), "must be a non-negative integer");
+                    self.p
+                        .add(format!("{path}.rows"), "must be a non-negative integer");
                     None
                 }
             },
@@ -737,17 +856,33 @@ impl Compiler<'_> {
             self.p.add(path, "must be an object");
             return r;
         };
-        check_keys(o, &["max_attempts", "initial_delay_ms", "factor", "max_delay_ms", "jitter"], path, self.p);
+        check_keys(
+            o,
+            &[
+                "max_attempts",
+                "initial_delay_ms",
+                "factor",
+                "max_delay_ms",
+                "jitter",
+            ],
+            path,
+            self.p,
+        );
         if let Some(j) = o.get("jitter") {
             match j.as_f64() {
                 Some(j) if (0.0..=1.0).contains(&j) => r.jitter = j,
-                _ => self.p.add(format!("{path}.jitter"), "must be a number from 0 to 1"),
+                _ => self
+                    .p
+                    .add(format!("{path}.jitter"), "must be a number from 0 to 1"),
             }
         }
         if let Some(m) = o.get("max_attempts") {
             match m.as_u64() {
                 Some(n) if (1..=100).contains(&n) => r.max_attempts = n as u32,
-                _ => self.p.add(format!("{path}.max_attempts"), "must be an integer from 1 to 100"),
+                _ => self.p.add(
+                    format!("{path}.max_attempts"),
+                    "must be an integer from 1 to 100",
+                ),
             }
         }
         if let Some(d) = o.get("initial_delay_ms").and_then(Value::as_u64) {
@@ -771,7 +906,9 @@ impl Compiler<'_> {
                 Some(a) if a.iter().all(Value::is_string) => {
                     out.extend(a.iter().filter_map(|x| x.as_str().map(String::from)))
                 }
-                _ => self.p.add(format!("{path}.evaluates"), "must be a list of engine ids"),
+                _ => self
+                    .p
+                    .add(format!("{path}.evaluates"), "must be a list of engine ids"),
             }
         }
         if type_name == "python_solver" {
@@ -805,20 +942,27 @@ impl Compiler<'_> {
         let mut r = RestartLimit::default();
         let Some(v) = v else { return r };
         let Some(o) = v.as_object() else {
-            self.p.add(path, "must be an object {max_restarts, window_s}");
+            self.p
+                .add(path, "must be an object {max_restarts, window_s}");
             return r;
         };
         check_keys(o, &["max_restarts", "window_s"], path, self.p);
         if let Some(m) = o.get("max_restarts") {
             match m.as_u64() {
                 Some(n) if n <= 10_000 => r.max_restarts = n as u32,
-                _ => self.p.add(format!("{path}.max_restarts"), "must be an integer from 0 to 10000"),
+                _ => self.p.add(
+                    format!("{path}.max_restarts"),
+                    "must be an integer from 0 to 10000",
+                ),
             }
         }
         if let Some(w) = o.get("window_s") {
             match w.as_f64() {
                 Some(s) if s > 0.0 && s < 1e7 => r.window = Duration::from_secs_f64(s),
-                _ => self.p.add(format!("{path}.window_s"), "must be a positive number of seconds"),
+                _ => self.p.add(
+                    format!("{path}.window_s"),
+                    "must be a positive number of seconds",
+                ),
             }
         }
         r
@@ -837,11 +981,19 @@ impl Compiler<'_> {
             self.p.add("$.am_credentials", "must be an object");
             return None;
         };
-        check_keys(o, &["am_url", "am_token", "cache_dir"], "$.am_credentials", self.p);
+        check_keys(
+            o,
+            &["am_url", "am_token", "cache_dir"],
+            "$.am_credentials",
+            self.p,
+        );
         let get = |k: &str| o.get(k).and_then(Value::as_str).map(String::from);
         let token = get("am_token").or(token_env);
         let Some(am_token) = token else {
-            self.p.add("$.am_credentials.am_token", "no token: set 'am_token' (e.g. \"${LIVECALC_AM_TOKEN}\") or LIVECALC_AM_TOKEN");
+            self.p.add(
+                "$.am_credentials.am_token",
+                "no token: set 'am_token' (e.g. \"${LIVECALC_AM_TOKEN}\") or LIVECALC_AM_TOKEN",
+            );
             return None;
         };
         Some(Credentials {
@@ -855,7 +1007,11 @@ impl Compiler<'_> {
 
     /// Resolve inputs, order the graph, size every node and check every edge.
     fn graph(&mut self, raw: Vec<RawNode>, sources: &[DataSource]) -> Vec<Node> {
-        let ids: HashMap<String, usize> = raw.iter().enumerate().map(|(i, r)| (r.node.id.clone(), i)).collect();
+        let ids: HashMap<String, usize> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.node.id.clone(), i))
+            .collect();
         let mut g: DiGraph<usize, ()> = DiGraph::new();
         let idx: Vec<NodeIndex> = (0..raw.len()).map(|i| g.add_node(i)).collect();
         let mut resolvable = vec![true; raw.len()];
@@ -869,18 +1025,29 @@ impl Compiler<'_> {
                             } else {
                                 String::new()
                             };
-                            self.p.add(ipath, format!("unresolved input: no data source named '{s}'{hint}"));
+                            self.p.add(
+                                ipath,
+                                format!("unresolved input: no data source named '{s}'{hint}"),
+                            );
                             resolvable[i] = false;
                         }
                     }
                     Producer::Node { node, output } => match ids.get(node) {
                         None => {
-                            self.p.add(ipath, format!("unresolved input: no engine with id '{node}'"));
+                            self.p.add(
+                                ipath,
+                                format!("unresolved input: no engine with id '{node}'"),
+                            );
                             resolvable[i] = false;
                         }
                         Some(&j) => {
                             if raw[j].node.output(output).is_none() {
-                                let have: Vec<_> = raw[j].node.outputs.iter().map(|o| o.name.as_str()).collect();
+                                let have: Vec<_> = raw[j]
+                                    .node
+                                    .outputs
+                                    .iter()
+                                    .map(|o| o.name.as_str())
+                                    .collect();
                                 self.p.add(ipath, format!("unresolved input: engine '{node}' has no output '{output}' (it has: {})", have.join(", ")));
                                 resolvable[i] = false;
                             } else {
@@ -897,12 +1064,20 @@ impl Compiler<'_> {
                 // Spell the cycle from its first-declared engine, so the message is stable.
                 let mut ring = spell_cycle(&g, cycle.node_id());
                 ring.pop();
-                let first = (0..ring.len()).min_by_key(|&k| raw[g[ring[k]]].index).unwrap_or(0);
+                let first = (0..ring.len())
+                    .min_by_key(|&k| raw[g[ring[k]]].index)
+                    .unwrap_or(0);
                 ring.rotate_left(first);
                 let start = g[ring[0]];
                 ring.push(ring[0]);
-                let names = ring.into_iter().map(|i| raw[g[i]].node.id.clone()).collect::<Vec<_>>();
-                self.p.add(format!("$.engines[{}]", raw[start].index), format!("cycle: {}", names.join(" -> ")));
+                let names = ring
+                    .into_iter()
+                    .map(|i| raw[g[i]].node.id.clone())
+                    .collect::<Vec<_>>();
+                self.p.add(
+                    format!("$.engines[{}]", raw[start].index),
+                    format!("cycle: {}", names.join(" -> ")),
+                );
                 return Vec::new();
             }
         };
@@ -921,14 +1096,24 @@ impl Compiler<'_> {
             let mut produced = Vec::new();
             for inp in &r.node.inputs {
                 let found = match &inp.from {
-                    Producer::Source(s) => sources.iter().find(|x| &x.name == s).map(|x| (x.columns.clone(), x.rows, true)),
+                    Producer::Source(s) => sources
+                        .iter()
+                        .find(|x| &x.name == s)
+                        .map(|x| (x.columns.clone(), x.rows, true)),
                     Producer::Node { node, output } => done.get(node).and_then(|n| {
                         n.output(output).map(|o| {
                             let cols = match o.reduce {
                                 None => o.columns.clone(),
                                 // A reduced output reaches consumers as row-wise columns of its
                                 // fixed length.
-                                Some(_) => o.columns.iter().map(|c| ColumnSpec { shape: vec![Dim::Rows], ..c.clone() }).collect(),
+                                Some(_) => o
+                                    .columns
+                                    .iter()
+                                    .map(|c| ColumnSpec {
+                                        shape: vec![Dim::Rows],
+                                        ..c.clone()
+                                    })
+                                    .collect(),
                             };
                             (cols, o.table_rows(n.rows), true)
                         })
@@ -941,7 +1126,10 @@ impl Compiler<'_> {
                 Some(name) => match r.node.inputs.iter().position(|x| &x.name == name) {
                     Some(k) => Some(k),
                     None => {
-                        self.p.add(format!("{path}.chunk_by"), format!("'{name}' is not one of this engine's inputs"));
+                        self.p.add(
+                            format!("{path}.chunk_by"),
+                            format!("'{name}' is not one of this engine's inputs"),
+                        );
                         None
                     }
                 },
@@ -950,7 +1138,13 @@ impl Compiler<'_> {
             };
             r.node.rows = match (chunk_input, r.rows) {
                 (Some(k), Some(_)) => {
-                    self.p.add(format!("{path}.rows"), format!("set either 'rows' or 'chunk_by' (rows come from input '{}')", r.node.inputs[k].name));
+                    self.p.add(
+                        format!("{path}.rows"),
+                        format!(
+                            "set either 'rows' or 'chunk_by' (rows come from input '{}')",
+                            r.node.inputs[k].name
+                        ),
+                    );
                     0
                 }
                 (Some(k), None) => {
@@ -959,24 +1153,37 @@ impl Compiler<'_> {
                 }
                 (None, Some(n)) => n,
                 (None, None) => {
-                    self.p.add(format!("{path}.rows"), "an engine without inputs needs 'rows' (the size of its chunk axis)");
+                    self.p.add(
+                        format!("{path}.rows"),
+                        "an engine without inputs needs 'rows' (the size of its chunk axis)",
+                    );
                     0
                 }
             };
             // Edge checks: expected columns against produced ones.
             for (k, (name, expected, ipath)) in r.expects.iter().enumerate() {
-                let Some((cols, prod_rows, _)) = &produced[k] else { continue };
+                let Some((cols, prod_rows, _)) = &produced[k] else {
+                    continue;
+                };
                 for e in expected {
                     match cols.iter().find(|c| c.name == e.name) {
                         None => self.p.add(
                             format!("{ipath}.columns.{}", e.name),
-                            format!("input '{name}' ({}) has no column '{}'", r.node.inputs[k].from, e.name),
+                            format!(
+                                "input '{name}' ({}) has no column '{}'",
+                                r.node.inputs[k].from, e.name
+                            ),
                         ),
                         Some(c) => {
                             if c.ty.dtype() != e.ty.dtype() {
                                 self.p.add(
                                     format!("{ipath}.columns.{}", e.name),
-                                    format!("dtype mismatch: {} produces {}, this engine expects {}", r.node.inputs[k].from, c.ty.dtype(), e.ty.dtype()),
+                                    format!(
+                                        "dtype mismatch: {} produces {}, this engine expects {}",
+                                        r.node.inputs[k].from,
+                                        c.ty.dtype(),
+                                        e.ty.dtype()
+                                    ),
                                 );
                             }
                             if c.concrete_shape(*prod_rows) != e.concrete_shape(*prod_rows) {
@@ -999,7 +1206,11 @@ impl Compiler<'_> {
     /// Check every `evaluates` entry names an upstream engine, and keep warm the engines that
     /// a re-evaluation re-runs: between a parameterised engine and its solver.
     fn mark_warm(&mut self, nodes: &mut [Node]) {
-        let index: HashMap<String, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
+        let index: HashMap<String, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.clone(), i))
+            .collect();
         let ups: Vec<Vec<usize>> = nodes
             .iter()
             .map(|n| {
@@ -1050,11 +1261,17 @@ impl Compiler<'_> {
             return nodes
                 .iter()
                 .filter(|n| !consumed.contains(n.id.as_str()))
-                .flat_map(|n| n.outputs.iter().map(|o| OutputRef { node: n.id.clone(), output: o.name.clone() }))
+                .flat_map(|n| {
+                    n.outputs.iter().map(|o| OutputRef {
+                        node: n.id.clone(),
+                        output: o.name.clone(),
+                    })
+                })
                 .collect();
         };
         let Some(list) = v.as_array() else {
-            self.p.add("$.output", "must be a list of \"node.output\" names");
+            self.p
+                .add("$.output", "must be a list of \"node.output\" names");
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -1066,9 +1283,14 @@ impl Compiler<'_> {
             };
             match nodes.iter().find(|n| n.id == node) {
                 None => self.p.add(&path, format!("no engine with id '{node}'")),
-                Some(n) if n.output(output).is_none() => self.p.add(&path, format!("engine '{node}' has no output '{output}'")),
+                Some(n) if n.output(output).is_none() => self
+                    .p
+                    .add(&path, format!("engine '{node}' has no output '{output}'")),
                 Some(_) => {
-                    let r = OutputRef { node: node.into(), output: output.into() };
+                    let r = OutputRef {
+                        node: node.into(),
+                        output: output.into(),
+                    };
                     if !out.contains(&r) {
                         out.push(r);
                     }
@@ -1132,13 +1354,16 @@ pub fn resolve_type(t: &str) -> Result<EngineKind, String> {
         if valid_id(name) {
             return Ok(EngineKind::Cpp(t.into()));
         }
-        return Err(format!("'{t}': a C++ engine name uses letters, digits, '_' and '-'"));
+        return Err(format!(
+            "'{t}': a C++ engine name uses letters, digits, '_' and '-'"
+        ));
     }
     if let Some(target) = t.strip_prefix("python:") {
         let ok = target.split_once(':').is_some_and(|(m, c)| {
             !m.is_empty()
                 && !c.is_empty()
-                && m.split('.').all(|p| !p.is_empty() && p.chars().all(|ch| ch.is_alphanumeric() || ch == '_'))
+                && m.split('.')
+                    .all(|p| !p.is_empty() && p.chars().all(|ch| ch.is_alphanumeric() || ch == '_'))
                 && c.chars().all(|ch| ch.is_alphanumeric() || ch == '_')
         });
         if ok {
@@ -1151,7 +1376,11 @@ pub fn resolve_type(t: &str) -> Result<EngineKind, String> {
         Some((n, _)) => Ok(EngineKind::Python((*n).into())),
         None => Err(format!(
             "unknown engine type '{t}' (built in: {}; or cpp:<name>, python:<module>:<Class>)",
-            BUILTIN_TYPES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            BUILTIN_TYPES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -1167,9 +1396,16 @@ fn check_builtin_contract(
     let contract: &[(&str, &[(&str, DType)])] = match node.type_name.as_str() {
         "python_hello" => &[(
             "policies",
-            &[("policy_id", DType::Int64), ("age", DType::Int32), ("sum_assured", DType::Float64)],
+            &[
+                ("policy_id", DType::Int64),
+                ("age", DType::Int32),
+                ("sum_assured", DType::Float64),
+            ],
         )],
-        "cpp_my_engine" => &[("priced", &[("policy_id", DType::Int64), ("premium", DType::Float64)])],
+        "cpp_my_engine" => &[(
+            "priced",
+            &[("policy_id", DType::Int64), ("premium", DType::Float64)],
+        )],
         _ => &[],
     };
     let mut expected_inputs: BTreeMap<&str, &[(&str, DType)]> = BTreeMap::new();
@@ -1178,15 +1414,26 @@ fn check_builtin_contract(
     }
     for (input, cols) in expected_inputs {
         let Some(k) = node.inputs.iter().position(|i| i.name == input) else {
-            p.add(format!("{path}.inputs"), format!("engine type '{}' needs an input named '{input}'", node.type_name));
+            p.add(
+                format!("{path}.inputs"),
+                format!(
+                    "engine type '{}' needs an input named '{input}'",
+                    node.type_name
+                ),
+            );
             continue;
         };
-        let Some((have, _, _)) = &produced[k] else { continue };
+        let Some((have, _, _)) = &produced[k] else {
+            continue;
+        };
         for (col, dtype) in cols {
             match have.iter().find(|c| c.name == *col) {
                 None => p.add(
                     format!("{path}.inputs.{input}"),
-                    format!("{} provides no column '{col}' ({dtype}), which '{}' reads", node.inputs[k].from, node.type_name),
+                    format!(
+                        "{} provides no column '{col}' ({dtype}), which '{}' reads",
+                        node.inputs[k].from, node.type_name
+                    ),
                 ),
                 Some(c) if c.ty.dtype() != *dtype => p.add(
                     format!("{path}.inputs.{input}"),
@@ -1207,13 +1454,40 @@ fn check_builtin_contract(
 fn livecalc_protocol_faults_check(v: &Value) -> Result<(), String> {
     let list = v.as_array().ok_or("must be a list of faults")?;
     for (i, f) in list.iter().enumerate() {
-        let o = f.as_object().ok_or(format!("[{i}]: a fault is an object"))?;
-        let kind = o.get("kind").and_then(Value::as_str).ok_or(format!("[{i}]: missing 'kind'"))?;
-        if !["segfault", "abort", "exit", "hang", "grow_memory", "garbage", "never_connect", "error"].contains(&kind) {
+        let o = f
+            .as_object()
+            .ok_or(format!("[{i}]: a fault is an object"))?;
+        let kind = o
+            .get("kind")
+            .and_then(Value::as_str)
+            .ok_or(format!("[{i}]: missing 'kind'"))?;
+        if ![
+            "segfault",
+            "abort",
+            "exit",
+            "hang",
+            "grow_memory",
+            "garbage",
+            "never_connect",
+            "error",
+        ]
+        .contains(&kind)
+        {
             return Err(format!("[{i}].kind: unknown fault kind '{kind}'"));
         }
         for k in o.keys() {
-            if !["kind", "phase", "chunk", "attempt", "probability", "seed", "code", "limit_mb"].contains(&k.as_str()) {
+            if ![
+                "kind",
+                "phase",
+                "chunk",
+                "attempt",
+                "probability",
+                "seed",
+                "code",
+                "limit_mb",
+            ]
+            .contains(&k.as_str())
+            {
                 return Err(format!("[{i}].{k}: unknown key"));
             }
         }

@@ -90,8 +90,13 @@ pub enum Event {
         message: FromWorker,
     },
     /// The worker's side of the channel closed (it exited or dropped it).
-    ChannelClosed { worker: WorkerId },
-    Exited { worker: WorkerId, end: ProcessEnd },
+    ChannelClosed {
+        worker: WorkerId,
+    },
+    Exited {
+        worker: WorkerId,
+        end: ProcessEnd,
+    },
     /// SIGINT, SIGTERM or SIGHUP delivered to the supervisor.
     Signal(i32),
 }
@@ -140,7 +145,8 @@ pub fn spawn(
     if !path.is_file() {
         return Err(SpawnError::Missing { path });
     }
-    let (server, server_name) = IpcOneShotServer::<FromWorker>::new().map_err(SpawnError::Server)?;
+    let (server, server_name) =
+        IpcOneShotServer::<FromWorker>::new().map_err(SpawnError::Server)?;
     let mut cmd = Command::new(&path);
     cmd.arg("--connect")
         .arg(&server_name)
@@ -225,7 +231,13 @@ pub fn read_messages(id: WorkerId, rx: IpcReceiver<FromWorker>, events: Sender<E
         .spawn(move || loop {
             match rx.recv() {
                 Ok(message) => {
-                    if events.send(Event::Message { worker: id, message }).is_err() {
+                    if events
+                        .send(Event::Message {
+                            worker: id,
+                            message,
+                        })
+                        .is_err()
+                    {
                         return;
                     }
                 }

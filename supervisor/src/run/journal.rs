@@ -43,7 +43,8 @@ impl Journal {
             std::fs::remove_dir_all(&dir)?;
         }
         std::fs::create_dir_all(&dir)?;
-        let text = serde_json::to_vec_pretty(&Self::identity(dag)).map_err(std::io::Error::other)?;
+        let text =
+            serde_json::to_vec_pretty(&Self::identity(dag)).map_err(std::io::Error::other)?;
         std::fs::write(dir.join("run.json"), text)?;
         Ok(Journal { dir })
     }
@@ -52,10 +53,13 @@ impl Journal {
     pub fn resume(out: &Path, dag: &Dag) -> Result<Journal, String> {
         let dir = Self::dir_in(out);
         let text = std::fs::read(dir.join("run.json")).map_err(|_| {
-            format!("{} holds no interrupted run to resume (no .livecalc/run.json)", out.display())
+            format!(
+                "{} holds no interrupted run to resume (no .livecalc/run.json)",
+                out.display()
+            )
         })?;
-        let found: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| format!("corrupt .livecalc/run.json: {e}"))?;
+        let found: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| format!("corrupt .livecalc/run.json: {e}"))?;
         if found != Self::identity(dag) {
             return Err(format!(
                 "{} was produced by a different DAG or chunking (DAG sha256 {} there, {} now); run without --resume",

@@ -107,9 +107,16 @@ impl RunOutcome {
 /// Where a worker stands. Each variant carries only what is valid in that state.
 #[derive(Debug)]
 enum Phase {
-    Connecting { deadline: Instant },
-    Initializing { deadline: Instant },
-    Attaching { deadline: Instant, since: Instant },
+    Connecting {
+        deadline: Instant,
+    },
+    Initializing {
+        deadline: Instant,
+    },
+    Attaching {
+        deadline: Instant,
+        since: Instant,
+    },
     Idle,
     Busy {
         chunk: usize,
@@ -119,8 +126,14 @@ enum Phase {
     },
     /// The control channel closed while the worker was active; its exit status, expected
     /// shortly, tells why.
-    Lost { was: Box<Phase>, deadline: Instant },
-    Stopping { deadline: Instant, killed: bool },
+    Lost {
+        was: Box<Phase>,
+        deadline: Instant,
+    },
+    Stopping {
+        deadline: Instant,
+        killed: bool,
+    },
     Gone,
 }
 
@@ -344,14 +357,15 @@ pub fn run(dag: &Dag, opts: &RunOptions) -> Result<RunOutcome, RunError> {
 }
 
 fn seed_of(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 fn listen_for_signals(tx: Sender<Event>) -> Result<signal_hook::iterator::Handle, RunError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(RunError::Signals)?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(RunError::Signals)?;
     let handle = signals.handle();
     std::thread::Builder::new()
         .name("signals".into())
@@ -375,13 +389,17 @@ fn prepare_out_dir(dir: &Path, resume: bool) -> Result<(), RunError> {
         return if dir.is_dir() {
             Ok(())
         } else {
-            Err(RunError::Resume(format!("{} does not exist", dir.display())))
+            Err(RunError::Resume(format!(
+                "{} does not exist",
+                dir.display()
+            )))
         };
     }
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     let mut entries = std::fs::read_dir(dir).map_err(|e| err(e.to_string()))?;
     let non_empty = entries.next().is_some();
-    let ours = dir.join("manifest.json").is_file() || Journal::dir_in(dir).join("run.json").is_file();
+    let ours =
+        dir.join("manifest.json").is_file() || Journal::dir_in(dir).join("run.json").is_file();
     if non_empty && !ours {
         return Err(err(
             "is not empty and holds no earlier LiveCalc run (no manifest.json); choose an empty or new folder"
@@ -454,7 +472,9 @@ fn planned_bytes(dag: &Dag) -> u64 {
 }
 
 fn postcard_len<T: serde::Serialize>(msg: &T) -> u64 {
-    postcard::to_stdvec(msg).map(|v| v.len() as u64).unwrap_or(0)
+    postcard::to_stdvec(msg)
+        .map(|v| v.len() as u64)
+        .unwrap_or(0)
 }
 
 /// A fast 64-bit hash of byte regions (word-wise multiply-rotate), to notice a completed
@@ -468,7 +488,9 @@ fn hash_regions(parts: &[&[u8]]) -> u64 {
             h = (h ^ v).wrapping_mul(0xBF58_476D_1CE4_E5B9).rotate_left(29);
         }
         for &b in words.remainder() {
-            h = (h ^ b as u64).wrapping_mul(0x94D0_49BB_1331_11EB).rotate_left(17);
+            h = (h ^ b as u64)
+                .wrapping_mul(0x94D0_49BB_1331_11EB)
+                .rotate_left(17);
         }
         h ^= p.len() as u64;
     }
@@ -497,14 +519,14 @@ impl Run<'_> {
             let id = self.bus.allocate(&s.name, s.rows, &cols)?;
             self.bus.set_state(id, SegmentState::Writing);
             let entries = self.bus.header(id).columns.clone();
-            // SAFETY: the segment is not yet known to any worker; each entry is a distinct,
-            // non-overlapping column of it.
             let mut sinks: Vec<files::ColumnSink<'_>> = s
                 .columns
                 .iter()
                 .zip(&entries)
                 .map(|(spec, e)| files::ColumnSink {
                     spec,
+                    // SAFETY: the segment is not yet known to any worker; each entry is a
+                    // distinct, non-overlapping column of it.
                     bytes: unsafe { self.bus.column_bytes_mut(id, e) },
                 })
                 .collect();
@@ -546,10 +568,7 @@ impl Run<'_> {
                 }
             }
             let live = self.workers.iter().any(|w| !matches!(w.phase, Phase::Gone));
-            let running = self
-                .nodes
-                .iter()
-                .any(|n| n.status == NodeStatus::Running);
+            let running = self.nodes.iter().any(|n| n.status == NodeStatus::Running);
             if !live && !running {
                 for n in &mut self.nodes {
                     if n.status == NodeStatus::Waiting {
@@ -729,25 +748,51 @@ impl Run<'_> {
             return;
         }
         if self.abort.is_some() {
-            reply(self, Err(format!("the run is stopping: {}", self.abort.clone().unwrap_or_default())));
+            reply(
+                self,
+                Err(format!(
+                    "the run is stopping: {}",
+                    self.abort.clone().unwrap_or_default()
+                )),
+            );
             return;
         }
         let allowed = &self.dag.nodes[s].evaluates;
         let mut by_node: HashMap<usize, Vec<(String, f64)>> = HashMap::new();
         for (name, value) in &params {
-            let Some((node, key)) = name.split_once('.').filter(|(n, k)| !n.is_empty() && !k.is_empty()) else {
-                reply(self, Err(format!("parameter '{name}' is not '<engine>.<config key>'")));
+            let Some((node, key)) = name
+                .split_once('.')
+                .filter(|(n, k)| !n.is_empty() && !k.is_empty())
+            else {
+                reply(
+                    self,
+                    Err(format!("parameter '{name}' is not '<engine>.<config key>'")),
+                );
                 return;
             };
             if !allowed.iter().any(|a| a == node) {
-                reply(self, Err(format!("engine '{node}' is not one this engine may re-evaluate (allowed: {})", allowed.join(", "))));
+                reply(
+                    self,
+                    Err(format!(
+                        "engine '{node}' is not one this engine may re-evaluate (allowed: {})",
+                        allowed.join(", ")
+                    )),
+                );
                 return;
             }
             if !value.is_finite() {
-                reply(self, Err(format!("parameter '{name}' is {value}, not a finite number")));
+                reply(
+                    self,
+                    Err(format!(
+                        "parameter '{name}' is {value}, not a finite number"
+                    )),
+                );
                 return;
             }
-            by_node.entry(self.node_index(node)).or_default().push((key.to_string(), *value));
+            by_node
+                .entry(self.node_index(node))
+                .or_default()
+                .push((key.to_string(), *value));
         }
         // Re-run the warm nodes fed, directly or not, by a parameterised one.
         let mut rerun: Vec<usize> = Vec::new();
@@ -786,12 +831,20 @@ impl Run<'_> {
 
     fn finish_evaluation_if_done(&mut self) {
         let Some(ev) = &self.evaluation else { return };
-        if !ev.nodes.iter().all(|&i| self.nodes[i].status == NodeStatus::Succeeded) {
+        if !ev
+            .nodes
+            .iter()
+            .all(|&i| self.nodes[i].status == NodeStatus::Succeeded)
+        {
             return;
         }
         let ev = self.evaluation.take().expect("checked above");
         let report = livecalc_protocol::EvaluationReport {
-            nodes: ev.nodes.iter().map(|&i| self.dag.nodes[i].id.clone()).collect(),
+            nodes: ev
+                .nodes
+                .iter()
+                .map(|&i| self.dag.nodes[i].id.clone())
+                .collect(),
             elapsed_ms: ev.started.elapsed().as_secs_f64() * 1e3,
         };
         let _ = self.send(
@@ -806,14 +859,21 @@ impl Run<'_> {
     /// An evaluation could not complete: tell the solver, and leave the nodes as they are (the
     /// solver decides what to do; the failure is in its report and in this node's warnings).
     fn fail_evaluation(&mut self, i: usize, message: String) {
-        let Some(ev) = self.evaluation.take() else { return };
+        let Some(ev) = self.evaluation.take() else {
+            return;
+        };
         for &n in &ev.nodes {
-            if matches!(self.nodes[n].status, NodeStatus::Running | NodeStatus::Waiting) {
+            if matches!(
+                self.nodes[n].status,
+                NodeStatus::Running | NodeStatus::Waiting
+            ) {
                 self.nodes[n].status = NodeStatus::Succeeded;
                 self.nodes[n].respawns.clear();
             }
         }
-        self.nodes[i].warnings.push(format!("evaluation failed: {message}"));
+        self.nodes[i]
+            .warnings
+            .push(format!("evaluation failed: {message}"));
         let _ = self.send(
             ev.worker,
             ToWorker::Evaluated {
@@ -824,7 +884,9 @@ impl Run<'_> {
     }
 
     fn in_evaluation(&self, i: usize) -> bool {
-        self.evaluation.as_ref().is_some_and(|e| e.nodes.contains(&i))
+        self.evaluation
+            .as_ref()
+            .is_some_and(|e| e.nodes.contains(&i))
     }
 
     /// Byte regions (segment, offset, length) a chunk writes, in output and column order.
@@ -837,7 +899,9 @@ impl Run<'_> {
             for c in &header.columns {
                 let rb = c.row_bytes() as usize;
                 let (start, len) = match o.kind() {
-                    OutputKind::Rows => (span.row_start as usize * rb, span.row_count as usize * rb),
+                    OutputKind::Rows => {
+                        (span.row_start as usize * rb, span.row_count as usize * rb)
+                    }
                     OutputKind::PerChunk => (span.index as usize * rb, rb),
                 };
                 out.push((segs.live, c.clone(), start, len));
@@ -846,11 +910,13 @@ impl Run<'_> {
         out
     }
 
-    /// The bytes of a chunk's regions.
+    /// The bytes of a chunk's regions: shared memory, which `&self` does not own, so the borrow
+    /// rules cannot express who may write it; the protocol does (see Safety).
     ///
     /// # Safety
     /// No worker may be writing the chunk (it is done, failed with its worker gone, or not
-    /// dispatched).
+    /// dispatched), and the caller must not hold two results for the same chunk at once.
+    #[allow(clippy::mut_from_ref)]
     unsafe fn region_bytes(&self, i: usize, k: usize) -> Vec<&mut [u8]> {
         self.chunk_regions(i, k)
             .into_iter()
@@ -883,7 +949,12 @@ impl Run<'_> {
                 at += n;
             }
             // SAFETY: as above.
-            let hash = hash_regions(&unsafe { self.region_bytes(i, k) }.iter().map(|r| &**r).collect::<Vec<_>>());
+            let hash = hash_regions(
+                &unsafe { self.region_bytes(i, k) }
+                    .iter()
+                    .map(|r| &**r)
+                    .collect::<Vec<_>>(),
+            );
             let c = &mut self.nodes[i].chunks[k];
             c.state = ChunkState::Done { hash };
             c.resumed = true;
@@ -1271,11 +1342,18 @@ impl Run<'_> {
             Cause::Died(_) if busy.is_some() => {
                 format!("{where_}: worker pid {} {cause}", self.workers[w.0].pid)
             }
-            Cause::Died(_) if phase_word.is_empty() => format!("{where_}: exited unexpectedly: {cause}"),
-            Cause::Died(_) if phase_word == " during initialize" => format!("{where_}: died during initialize: {cause}"),
+            Cause::Died(_) if phase_word.is_empty() => {
+                format!("{where_}: exited unexpectedly: {cause}")
+            }
+            Cause::Died(_) if phase_word == " during initialize" => {
+                format!("{where_}: died during initialize: {cause}")
+            }
             Cause::Died(_) => format!("{where_}: exited{phase_word}: {cause}"),
             Cause::Startup(t) if matches!(self.workers[w.0].phase, Phase::Connecting { .. }) => {
-                format!("{where_}: did not connect within {:.1} s (startup_timeout_s)", t.as_secs_f64())
+                format!(
+                    "{where_}: did not connect within {:.1} s (startup_timeout_s)",
+                    t.as_secs_f64()
+                )
             }
             _ => format!("{where_}{phase_word}: {cause}"),
         };
@@ -1313,7 +1391,8 @@ impl Run<'_> {
         let now = Instant::now();
         let limit = &node.restart_limit;
         let nr = &mut self.nodes[i];
-        nr.restarts.retain(|t| now.duration_since(*t) <= limit.window);
+        nr.restarts
+            .retain(|t| now.duration_since(*t) <= limit.window);
         let remaining = nr
             .chunks
             .iter()
@@ -1465,7 +1544,12 @@ impl Run<'_> {
                 continue;
             };
             // SAFETY: every chunk is done or failed with its worker gone; no one writes.
-            let now = hash_regions(&unsafe { self.region_bytes(i, k) }.iter().map(|r| &**r).collect::<Vec<_>>());
+            let now = hash_regions(
+                &unsafe { self.region_bytes(i, k) }
+                    .iter()
+                    .map(|r| &**r)
+                    .collect::<Vec<_>>(),
+            );
             if now == hash {
                 continue;
             }
@@ -1500,7 +1584,10 @@ impl Run<'_> {
 
     fn fail_node(&mut self, i: usize, message: String) {
         tracing::error!("{message}");
-        if matches!(self.nodes[i].status, NodeStatus::Waiting | NodeStatus::Running) {
+        if matches!(
+            self.nodes[i].status,
+            NodeStatus::Waiting | NodeStatus::Running
+        ) {
             self.nodes[i].status = NodeStatus::Failed(message.clone());
             self.nodes[i].finished = Some(Instant::now());
             self.nodes[i].respawns.clear();
@@ -1609,7 +1696,10 @@ impl Run<'_> {
                 }
                 Phase::Stopping { killed: false, .. } => self.kill(w),
                 Phase::Stopping { killed: true, .. } => {
-                    tracing::error!(pid = self.workers[k].pid, "worker survives SIGKILL; still waiting");
+                    tracing::error!(
+                        pid = self.workers[k].pid,
+                        "worker survives SIGKILL; still waiting"
+                    );
                     self.workers[k].phase = Phase::Stopping {
                         deadline: now + Duration::from_secs(10),
                         killed: true,
@@ -1627,11 +1717,16 @@ impl Run<'_> {
         }
         // A lost channel was only a symptom: report what the worker was doing when it died.
         if matches!(self.workers[w.0].phase, Phase::Lost { .. }) {
-            if let Phase::Lost { was, .. } = std::mem::replace(&mut self.workers[w.0].phase, Phase::Idle) {
+            if let Phase::Lost { was, .. } =
+                std::mem::replace(&mut self.workers[w.0].phase, Phase::Idle)
+            {
                 self.workers[w.0].phase = *was;
             }
         }
-        let stopping = matches!(self.workers[w.0].phase, Phase::Stopping { .. } | Phase::Gone);
+        let stopping = matches!(
+            self.workers[w.0].phase,
+            Phase::Stopping { .. } | Phase::Gone
+        );
         if !stopping {
             self.worker_failed(w, Cause::Died(end));
         } else {
@@ -1715,7 +1810,13 @@ impl Run<'_> {
         }
     }
 
-    fn write_output(&self, i: usize, node_id: &str, output: &str, partial: bool) -> Result<OutputReport, String> {
+    fn write_output(
+        &self,
+        i: usize,
+        node_id: &str,
+        output: &str,
+        partial: bool,
+    ) -> Result<OutputReport, String> {
         let node = &self.dag.nodes[i];
         let k = node
             .outputs
@@ -1758,9 +1859,17 @@ impl Run<'_> {
                 owned.push((e.clone(), bytes.to_vec()));
             }
         }
-        let cols: Vec<(ColumnEntry, &[u8])> = owned.iter().map(|(e, b)| (e.clone(), b.as_slice())).collect();
-        let dest = self.opts.out_dir.join(node_id).join(format!("{output}.parquet"));
-        let bytes = files::write_parquet(&dest, &cols).map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+        let cols: Vec<(ColumnEntry, &[u8])> = owned
+            .iter()
+            .map(|(e, b)| (e.clone(), b.as_slice()))
+            .collect();
+        let dest = self
+            .opts
+            .out_dir
+            .join(node_id)
+            .join(format!("{output}.parquet"));
+        let bytes = files::write_parquet(&dest, &cols)
+            .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
         let sha = std::fs::read(&dest)
             .map(|b| crate::config::compile::hex(&Sha256::digest(&b)))
             .unwrap_or_default();

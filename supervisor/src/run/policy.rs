@@ -29,10 +29,7 @@ impl Cause {
     /// engines and protocol mistakes are the same on every try.
     pub fn is_retriable(&self) -> bool {
         match self {
-            Cause::Died(_)
-            | Cause::Timeout(_)
-            | Cause::Startup(_)
-            | Cause::ChannelLost => true,
+            Cause::Died(_) | Cause::Timeout(_) | Cause::Startup(_) | Cause::ChannelLost => true,
             Cause::Handshake(_) => false,
             Cause::Engine(e) => e.kind.is_retriable(),
         }
@@ -64,9 +61,7 @@ impl Cause {
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Cause::Died(end @ ProcessEnd::Signaled { signal, .. })
-                if *signal == libc::SIGKILL =>
-            {
+            Cause::Died(end @ ProcessEnd::Signaled { signal, .. }) if *signal == libc::SIGKILL => {
                 write!(f, "{end} (out of memory, or killed from outside)")
             }
             Cause::Died(end) => write!(f, "{end}"),
@@ -116,7 +111,10 @@ impl Iterator for Backoff {
     fn next(&mut self) -> Option<Duration> {
         self.n += 1;
         let base = self.policy.initial_delay.as_secs_f64()
-            * self.policy.factor.powi(self.n.saturating_sub(1).min(60) as i32);
+            * self
+                .policy
+                .factor
+                .powi(self.n.saturating_sub(1).min(60) as i32);
         let capped = base.min(self.policy.max_delay.as_secs_f64());
         let jitter = 1.0 + self.policy.jitter * (2.0 * self.next_uniform() - 1.0);
         Some(Duration::from_secs_f64((capped * jitter).max(0.0)))
@@ -136,11 +134,17 @@ mod tests {
             max_delay: Duration::from_millis(500),
             jitter: 0.1,
         };
-        let d: Vec<f64> = Backoff::new(&p, 7).take(5).map(|d| d.as_secs_f64()).collect();
+        let d: Vec<f64> = Backoff::new(&p, 7)
+            .take(5)
+            .map(|d| d.as_secs_f64())
+            .collect();
         for (got, want) in d.iter().zip([0.1, 0.2, 0.4, 0.5, 0.5]) {
             assert!((got / want - 1.0).abs() <= 0.1 + 1e-12, "{d:?}");
         }
-        let again: Vec<f64> = Backoff::new(&p, 7).take(5).map(|d| d.as_secs_f64()).collect();
+        let again: Vec<f64> = Backoff::new(&p, 7)
+            .take(5)
+            .map(|d| d.as_secs_f64())
+            .collect();
         assert_eq!(d, again, "jitter is deterministic for a seed");
     }
 
