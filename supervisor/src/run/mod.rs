@@ -497,6 +497,26 @@ fn hash_regions(parts: &[&[u8]]) -> u64 {
     h
 }
 
+/// Set `key` in an engine config to `value`; a dotted key (`multipliers.premium`) walks into
+/// nested objects, creating them where missing.
+fn set_config_path(config: &mut serde_json::Value, key: &str, value: f64) {
+    let mut at = config;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        if !at.is_object() {
+            *at = serde_json::json!({});
+        }
+        let obj = at.as_object_mut().expect("made an object above");
+        if parts.peek().is_none() {
+            obj.insert(part.to_string(), serde_json::json!(value));
+            return;
+        }
+        at = obj
+            .entry(part.to_string())
+            .or_insert_with(|| serde_json::json!({}));
+    }
+}
+
 fn unix_ms(t: SystemTime) -> f64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -811,9 +831,9 @@ impl Run<'_> {
         }
         for &i in &rerun {
             let mut config = self.dag.nodes[i].config.clone();
-            if let (Some(obj), Some(set)) = (config.as_object_mut(), by_node.get(&i)) {
+            if let Some(set) = by_node.get(&i) {
                 for (k, v) in set {
-                    obj.insert(k.clone(), serde_json::json!(v));
+                    set_config_path(&mut config, k, *v);
                 }
             }
             self.nodes[i].config = config;
@@ -1977,5 +1997,35 @@ impl Drop for Run<'_> {
                 pool::signal_group(w.pid, Signal::SIGKILL);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evaluation_parameters_set_nested_config_keys() {
+        let mut c = serde_json::json!({"multipliers": {"premium": 1.0, "lapse": 1.0}, "timestep": "monthly"});
+        set_config_path(&mut c, "multipliers.premium", 1.25);
+        set_config_path(&mut c, "premium_multiplier", 2.0);
+        set_config_path(&mut c, "new.deep.key", 3.0);
+        assert_eq!(
+            c,
+            serde_json::json!({"multipliers": {"premium": 1.25, "lapse": 1.0}, "timestep": "monthly",
+                               "premium_multiplier": 2.0, "new": {"deep": {"key": 3.0}}})
+        );
+    }
+
+    #[test]
+    fn region_hash_notices_a_single_changed_byte() {
+        let a = vec![7u8; 1000];
+        let mut b = a.clone();
+        assert_eq!(hash_regions(&[&a]), hash_regions(&[&b]));
+        b[999] = 8;
+        assert_ne!(hash_regions(&[&a]), hash_regions(&[&b]));
+        b[999] = 7;
+        b[3] = 0;
+        assert_ne!(hash_regions(&[&a]), hash_regions(&[&b]));
     }
 }
