@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-example="${1:-hello}"
+example="${1:-full_pipeline}"
 dag="examples/dag_config_${example}.json"
 out="out/${example}"
 rm -rf "$out"
