@@ -28,9 +28,7 @@ use livecalc_protocol::{
 use std::process::ExitCode;
 use views::NodeViews;
 
-/// Environment variable naming the supervisor's pid, checked against `getppid()` after
-/// `PR_SET_PDEATHSIG` to close the race where the parent died before the call.
-pub const SUPERVISOR_PID_ENV: &str = "LIVECALC_SUPERVISOR_PID";
+pub use livecalc_protocol::faults::SUPERVISOR_PID_ENV;
 
 /// A read-only buffer handed to an engine: the input view.
 #[derive(Debug, Clone, Copy)]

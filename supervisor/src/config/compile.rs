@@ -1452,45 +1452,5 @@ fn check_builtin_contract(
 
 /// Syntax check of a `faults` list, so a typo fails validation rather than a worker.
 fn livecalc_protocol_faults_check(v: &Value) -> Result<(), String> {
-    let list = v.as_array().ok_or("must be a list of faults")?;
-    for (i, f) in list.iter().enumerate() {
-        let o = f
-            .as_object()
-            .ok_or(format!("[{i}]: a fault is an object"))?;
-        let kind = o
-            .get("kind")
-            .and_then(Value::as_str)
-            .ok_or(format!("[{i}]: missing 'kind'"))?;
-        if ![
-            "segfault",
-            "abort",
-            "exit",
-            "hang",
-            "grow_memory",
-            "garbage",
-            "never_connect",
-            "error",
-        ]
-        .contains(&kind)
-        {
-            return Err(format!("[{i}].kind: unknown fault kind '{kind}'"));
-        }
-        for k in o.keys() {
-            if ![
-                "kind",
-                "phase",
-                "chunk",
-                "attempt",
-                "probability",
-                "seed",
-                "code",
-                "limit_mb",
-            ]
-            .contains(&k.as_str())
-            {
-                return Err(format!("[{i}].{k}: unknown key"));
-            }
-        }
-    }
-    Ok(())
+    livecalc_protocol::faults::FaultPlan::from_value(v).map(|_| ())
 }

@@ -160,7 +160,7 @@ pub fn spawn(
         .arg(spawn_no.to_string())
         .current_dir(cwd)
         .env(
-            livecalc_worker_host_env::SUPERVISOR_PID,
+            livecalc_protocol::faults::SUPERVISOR_PID_ENV,
             std::process::id().to_string(),
         )
         // The embedded interpreter must find its own standard library, not one a user's
@@ -170,8 +170,8 @@ pub fn spawn(
         .stdin(Stdio::null())
         .process_group(0);
     match &node.faults {
-        Some(f) => cmd.env(livecalc_worker_host_env::FAULTS, f.to_string()),
-        None => cmd.env_remove(livecalc_worker_host_env::FAULTS),
+        Some(f) => cmd.env(livecalc_protocol::faults::FAULTS_ENV, f.to_string()),
+        None => cmd.env_remove(livecalc_protocol::faults::FAULTS_ENV),
     };
     if let Some(mb) = node.memory_limit_mb {
         // cgroup v2 is not available on every host (this one runs cgroup v1 in a container), so
@@ -259,10 +259,4 @@ pub fn unblock(server_name: &str) {
 /// Send a signal to a worker's whole process group.
 pub fn signal_group(pid: u32, sig: Signal) {
     let _ = killpg(Pid::from_raw(pid as i32), sig);
-}
-
-/// Names shared with `livecalc-worker-host` (kept here to avoid depending on the worker crate).
-pub mod livecalc_worker_host_env {
-    pub const SUPERVISOR_PID: &str = "LIVECALC_SUPERVISOR_PID";
-    pub const FAULTS: &str = "LIVECALC_FAULTS";
 }
