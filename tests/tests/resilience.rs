@@ -429,7 +429,7 @@ fn a_storm_of_restarts_leaves_results_byte_identical_and_threads_flat() {
 }
 
 #[test]
-#[ignore = "bug: the supervisor leaks one socket per worker it ever started (a Gone worker keeps its IpcSender in Worker::commands): fds grow ~1 per restart, until EMFILE"]
+
 fn supervisor_open_fds_do_not_grow_across_many_restarts() {
     let ((fd1, _), (fd2, _), between) = restart_storm("fds");
     assert!(fd2 <= fd1 + 3, "open fds grew from {fd1} to {fd2} across {between} restarts");
@@ -485,7 +485,7 @@ fn kill_9_of_workers_from_outside_leaves_results_byte_identical() {
 }
 
 #[test]
-#[ignore = "bug: a worker killed right after reporting a chunk is classified channel_lost, without its pid or signal: dispatch() fails the worker at once when RunChunk cannot be sent instead of waiting for the exit status as the ChannelClosed path does"]
+
 fn a_killed_worker_is_always_reported_with_its_signal() {
     let (_dir, dag, out) = long_run("kill-class", |v| {
         v["engines"][1]["restart_limit"] = json!({"max_restarts": 100, "window_s": 60});
@@ -857,7 +857,7 @@ fn resume_with_a_different_dag_is_refused_and_keeps_the_journal() {
 }
 
 #[test]
-#[ignore = "bug: the resume identity is the DAG's raw text, hashed before ${VAR} expansion: a resume whose ${VAR} now names other data is accepted and mixes old and new chunks"]
+
 fn resume_refuses_a_dag_whose_variables_now_expand_differently() {
     let dir = TempDir::new("resume-env");
     write_book(&dir.join("a.csv"), HELLO_ROWS);
@@ -1032,7 +1032,7 @@ fn memory_limit_mb_is_each_workers_address_space_limit() {
 }
 
 #[test]
-#[ignore = "bug: LIVECALC_FAULTS in the supervisor's environment never reaches a worker: pool::spawn removes it for every node without a `faults` section (docs/dag.md says the variable works like the section)"]
+
 fn livecalc_faults_in_the_supervisors_environment_reach_its_workers() {
     let mut v = hello_dag();
     for e in v["engines"].as_array_mut().unwrap() {
@@ -1048,7 +1048,7 @@ fn livecalc_faults_in_the_supervisors_environment_reach_its_workers() {
 }
 
 #[test]
-#[ignore = "bug: a node with accept_partial_inputs computes the missing rows from zero-filled inputs and reports its outputs complete (complete: true, missing_rows: []): fabricated rows, silently"]
+
 fn a_node_consuming_a_partial_input_does_not_claim_complete_outputs() {
     let clean = clean_hello();
     let mut v = matrix_dag("error", 0, "before_chunk", true);

@@ -126,10 +126,47 @@ pub fn compile_str(
     }
     .compile(&value, path, hash);
     if p.0.is_empty() {
-        Ok(dag.expect("a DAG is produced whenever no problem was recorded"))
+        let mut dag = dag.expect("a DAG is produced whenever no problem was recorded");
+        dag.resolved_hash = resolved_identity(&value, &dag);
+        Ok(dag)
     } else {
         Err(err(p.0))
     }
+}
+
+/// What a run's results depend on, beyond the DAG's text: the DAG after `${VAR}` expansion,
+/// and the size and modification time of every file it names (data sources, and any string in
+/// an engine config that names an existing file). `--resume` accepts a journal only when this
+/// is unchanged, so it never mixes chunks computed from different inputs.
+fn resolved_identity(expanded: &Value, dag: &Dag) -> String {
+    fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::String(s) => out.push(s),
+            Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+    let mut h = Sha256::new();
+    h.update(expanded.to_string().as_bytes());
+    let mut named = Vec::new();
+    strings(expanded, &mut named);
+    let mut files: Vec<std::path::PathBuf> = dag.sources.iter().filter_map(|s| s.path.clone()).collect();
+    files.extend(named.iter().map(|s| dag.dir.join(s)).filter(|p| p.is_file()));
+    files.sort();
+    files.dedup();
+    for f in files {
+        if let Ok(meta) = std::fs::metadata(&f) {
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            h.update(format!("\n{}\t{}\t{mtime}", f.display(), meta.len()).as_bytes());
+        }
+    }
+    hex(&h.finalize())
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -253,6 +290,7 @@ impl Compiler<'_> {
             path: path.to_path_buf(),
             dir: self.dir.clone(),
             hash,
+            resolved_hash: String::new(),
             sources,
             nodes,
             outputs,

@@ -259,6 +259,9 @@ pub struct Dag {
     pub dir: PathBuf,
     /// SHA-256 of the DAG file's bytes, hex.
     pub hash: String,
+    /// SHA-256 of what the results depend on: the DAG after `${VAR}` expansion and the size and
+    /// modification time of every file it names.
+    pub resolved_hash: String,
     pub sources: Vec<DataSource>,
     /// In topological order.
     pub nodes: Vec<Node>,

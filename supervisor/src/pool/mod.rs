@@ -169,10 +169,11 @@ pub fn spawn(
         .env_remove("PYTHONPATH")
         .stdin(Stdio::null())
         .process_group(0);
-    match &node.faults {
-        Some(f) => cmd.env(livecalc_protocol::faults::FAULTS_ENV, f.to_string()),
-        None => cmd.env_remove(livecalc_protocol::faults::FAULTS_ENV),
-    };
+    // A node's `faults` section wins; without one, a LIVECALC_FAULTS set by the user on the
+    // supervisor is inherited by every worker.
+    if let Some(f) = &node.faults {
+        cmd.env(livecalc_protocol::faults::FAULTS_ENV, f.to_string());
+    }
     if let Some(mb) = node.memory_limit_mb {
         // cgroup v2 is not available on every host (this one runs cgroup v1 in a container), so
         // the limit is the address-space rlimit, which needs no privileges: allocations beyond

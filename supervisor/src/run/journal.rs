@@ -32,6 +32,7 @@ impl Journal {
     fn identity(dag: &Dag) -> serde_json::Value {
         json!({
             "dag_sha256": dag.hash,
+            "inputs_sha256": dag.resolved_hash,
             "nodes": dag.nodes.iter().map(|n| (n.id.clone(), json!({"rows": n.rows, "chunk_size": n.chunk_size}))).collect::<serde_json::Map<_, _>>(),
         })
     }
@@ -61,11 +62,20 @@ impl Journal {
         let found: serde_json::Value = serde_json::from_slice(&text)
             .map_err(|e| format!("corrupt .livecalc/run.json: {e}"))?;
         if found != Self::identity(dag) {
+            let what = if found["dag_sha256"] != dag.hash.as_str() {
+                format!(
+                    "a different DAG (sha256 {} there, {} now)",
+                    found["dag_sha256"].as_str().unwrap_or("?"),
+                    dag.hash
+                )
+            } else if found["inputs_sha256"] != dag.resolved_hash.as_str() {
+                "the same DAG text over different inputs (a ${VAR} now expands differently, or a file it names changed)".to_string()
+            } else {
+                "a different chunking".to_string()
+            };
             return Err(format!(
-                "{} was produced by a different DAG or chunking (DAG sha256 {} there, {} now); run without --resume",
-                out.display(),
-                found["dag_sha256"].as_str().unwrap_or("?"),
-                dag.hash
+                "{} was produced by {what}; run without --resume",
+                out.display()
             ));
         }
         Ok(Journal { dir })

@@ -137,6 +137,8 @@ pub struct NodeReport {
     pub evaluations: u32,
     /// The engine's own report (e.g. a solver's result and history), if it returned one.
     pub report: Option<serde_json::Value>,
+    /// Partial upstream nodes it consumed (`accept_partial_inputs`); the node is then partial.
+    pub partial_inputs: Vec<String>,
     pub warnings: Vec<String>,
     pub error: Option<String>,
 }
@@ -156,6 +158,8 @@ pub struct OutputReport {
     pub covers_rows: u64,
     /// `[start, end)` row ranges of failed chunks, absent from the output.
     pub missing_rows: Vec<[u64; 2]>,
+    /// Partial upstream nodes this output was computed from (their missing rows read as zeros).
+    pub derived_from_partial: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -249,6 +249,9 @@ struct NodeRun {
     evaluations: u32,
     /// The engine's last `report_json`, parsed.
     report: Option<serde_json::Value>,
+    /// Upstream nodes that were `partial` when this node started (with accept_partial_inputs):
+    /// this node's outputs are then derived from incomplete data and never called complete.
+    partial_inputs: Vec<String>,
 }
 
 /// A re-evaluation requested by a solver, in progress.
@@ -329,6 +332,7 @@ pub fn run(dag: &Dag, opts: &RunOptions) -> Result<RunOutcome, RunError> {
                 config: n.config.clone(),
                 evaluations: 0,
                 report: None,
+                partial_inputs: Vec::new(),
             })
             .collect(),
         workers: Vec::new(),
@@ -640,7 +644,11 @@ impl Run<'_> {
                     let j = self.node_index(up);
                     match &self.nodes[j].status {
                         NodeStatus::Succeeded => {}
-                        NodeStatus::Partial if node.accept_partial_inputs => {}
+                        NodeStatus::Partial if node.accept_partial_inputs => {
+                            if !self.nodes[i].partial_inputs.contains(up) {
+                                self.nodes[i].partial_inputs.push(up.clone());
+                            }
+                        }
                         NodeStatus::Partial => {
                             self.nodes[i].status = NodeStatus::Cancelled(format!(
                                 "upstream node '{up}' is partial and this node does not set accept_partial_inputs"
@@ -700,6 +708,7 @@ impl Run<'_> {
             }
         }
         self.restore_from_journal(i);
+        self.skip_rows_missing_upstream(i);
         let left = self.nodes[i]
             .chunks
             .iter()
@@ -713,6 +722,43 @@ impl Run<'_> {
         let count = (node.workers as u64).min(left) as u32;
         for k in 0..count {
             self.spawn_worker(i, k, None);
+        }
+    }
+
+    /// With `accept_partial_inputs`, rows of the chunk axis that a partial upstream node did not
+    /// compute are not computed here either: the chunks covering them fail as
+    /// `upstream_missing`, so no output row is ever derived from missing data.
+    fn skip_rows_missing_upstream(&mut self, i: usize) {
+        let node = &self.dag.nodes[i];
+        let Some(inp) = node.inputs.iter().find(|x| x.chunked) else {
+            return;
+        };
+        let Producer::Node { node: up, output } = &inp.from else {
+            return;
+        };
+        let j = self.node_index(up);
+        if self.nodes[j].status != NodeStatus::Partial
+            || self.dag.nodes[j].output(output).is_some_and(|o| o.reduce.is_some())
+        {
+            return;
+        }
+        let missing: Vec<(u64, u64)> = self.nodes[j]
+            .chunks
+            .iter()
+            .filter(|c| matches!(c.state, ChunkState::Failed { .. }))
+            .map(|c| (c.span.row_start, c.span.row_start + c.span.row_count))
+            .collect();
+        for c in &mut self.nodes[i].chunks {
+            let (a, b) = (c.span.row_start, c.span.row_start + c.span.row_count);
+            if let Some((ma, mb)) = missing.iter().find(|(ma, mb)| *ma < b && a < *mb) {
+                c.state = ChunkState::Failed {
+                    kind: "upstream_missing",
+                    message: format!(
+                        "rows {ma}..{mb} of input '{}' were not computed by '{up}'",
+                        inp.name
+                    ),
+                };
+            }
         }
     }
 
@@ -748,7 +794,7 @@ impl Run<'_> {
             if sent {
                 warm += 1;
             } else {
-                self.worker_failed(w, Cause::ChannelLost);
+                self.channel_broken(w);
             }
         }
         if warm == 0 && self.nodes[i].respawns.is_empty() {
@@ -1107,7 +1153,7 @@ impl Run<'_> {
                 let sent = commands.send(msg).is_ok();
                 wk.commands = Some(commands);
                 if !sent {
-                    self.worker_failed(w, Cause::ChannelLost);
+                    self.channel_broken(w);
                 }
             }
             Ok((_, FromWorker::Refused { error, .. })) => {
@@ -1130,6 +1176,19 @@ impl Run<'_> {
                 self.worker_failed(w, Cause::Handshake(format!("sent {other:?} before Hello")))
             }
             Err(e) => self.worker_failed(w, Cause::Handshake(e)),
+        }
+    }
+
+    /// A command could not be sent: the worker is probably dying. Wait briefly for its exit
+    /// status, which says why, before calling it lost (as for a closed channel).
+    fn channel_broken(&mut self, w: WorkerId) {
+        let wk = &mut self.workers[w.0];
+        if wk.phase.is_active() && !matches!(wk.phase, Phase::Lost { .. }) {
+            let was = std::mem::replace(&mut wk.phase, Phase::Idle);
+            wk.phase = Phase::Lost {
+                was: Box::new(was),
+                deadline: Instant::now() + Duration::from_secs(2),
+            };
         }
     }
 
@@ -1158,7 +1217,7 @@ impl Run<'_> {
                     since: Instant::now(),
                 };
                 if self.send(w, bind).is_err() {
-                    self.worker_failed(w, Cause::ChannelLost);
+                    self.channel_broken(w);
                 }
             }
             FromWorker::Attached => {
@@ -1331,7 +1390,7 @@ impl Run<'_> {
             sent_at: Instant::now(),
         };
         if sent.is_err() {
-            self.worker_failed(w, Cause::ChannelLost);
+            self.channel_broken(w);
         }
     }
 
@@ -1499,7 +1558,14 @@ impl Run<'_> {
             .iter()
             .filter(|c| matches!(c.state, ChunkState::Failed { .. }))
             .count();
-        if failed > 0 && self.dag.nodes[i].on_failure == OnFailure::Fail {
+        // Rows a partial upstream never produced were skipped by choice (accept_partial_inputs),
+        // not lost here: they make the node partial, not failed.
+        let own_failures = nr
+            .chunks
+            .iter()
+            .filter(|c| matches!(&c.state, ChunkState::Failed { kind, .. } if *kind != "upstream_missing"))
+            .count();
+        if own_failures > 0 && self.dag.nodes[i].on_failure == OnFailure::Fail {
             let first = nr.chunks.iter().find_map(|c| match &c.state {
                 ChunkState::Failed { message, .. } => Some(message.clone()),
                 _ => None,
@@ -1507,7 +1573,8 @@ impl Run<'_> {
             self.fail_node(i, first.unwrap_or_default());
             return;
         }
-        self.complete_node(i, failed > 0);
+        let tainted = !self.nodes[i].partial_inputs.is_empty();
+        self.complete_node(i, failed > 0 || tainted);
     }
 
     fn complete_node(&mut self, i: usize, partial: bool) {
@@ -1753,6 +1820,8 @@ impl Run<'_> {
             tracing::debug!("{} {end}", self.worker_label(w));
         }
         self.workers[w.0].phase = Phase::Gone;
+        // Drop our end of its command channel: a finished worker must not hold a descriptor.
+        self.workers[w.0].commands = None;
         // A chunk fenced by this worker may run now, and a node may now be able to finish.
         if self.nodes[i].status == NodeStatus::Running {
             self.dispatch_idle(i);
@@ -1901,7 +1970,8 @@ impl Run<'_> {
             columns: header.columns.iter().map(|c| c.name.clone()).collect(),
             bytes,
             sha256: sha,
-            complete: missing.is_empty(),
+            complete: missing.is_empty() && self.nodes[i].partial_inputs.is_empty(),
+            derived_from_partial: self.nodes[i].partial_inputs.clone(),
             covers_rows: done.iter().map(|c| c.span.row_count).sum(),
             missing_rows: missing,
         })
@@ -1983,6 +2053,7 @@ impl Run<'_> {
             recoveries: r.recoveries.clone(),
             evaluations: r.evaluations,
             report: r.report.clone(),
+            partial_inputs: r.partial_inputs.clone(),
             warnings: r.warnings.clone(),
             error,
         }
