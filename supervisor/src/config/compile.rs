@@ -67,7 +67,6 @@ pub const BUILTIN_TYPES: &[(&str, &str)] = &[
     ("python_hello", "python"),
     ("python_esg", "python"),
     ("python_solver", "python"),
-    ("python_misbehave", "python"),
 ];
 
 const DEFAULT_CHUNK_SIZE: u64 = 4096;

@@ -7,7 +7,6 @@ BUILTIN = {
     "python_hello": "livecalc.engines.hello:HelloEngine",
     "python_esg": "livecalc.engines.esg:EsgEngine",
     "python_solver": "livecalc.engines.solver:SolverEngine",
-    "python_misbehave": "livecalc.engines.misbehave:MisbehavingEngine",
 }
 
 
