@@ -42,6 +42,7 @@ fn run_failing(dir: &TempDir, dag: &std::path::Path) -> (Finished, Value) {
 #[case::abort(json!({"kind": "abort", "chunk": 1}), &["chunk 1 (rows 128..256)", "killed by SIGABRT"])]
 #[case::exit_code(json!({"kind": "exit", "code": 7, "chunk": 3}), &["chunk 3 (rows 384..512)", "exited with code 7"])]
 #[case::after_output(json!({"kind": "segfault", "phase": "after_chunk", "chunk": 0}), &["chunk 0 (rows 0..128)", "SIGSEGV"])]
+#[case::before_connecting(json!({"kind": "exit", "code": 4, "phase": "connect"}), &["exited before connecting: exited with code 4"])]
 #[case::during_initialize(json!({"kind": "exit", "code": 9, "phase": "initialize"}), &["died during initialize: exited with code 9"])]
 #[case::injected_error(json!({"kind": "error", "chunk": 4}), &["chunk 4 (rows 512..640)", "InjectedFault"])]
 fn a_crashing_worker_fails_the_run_naming_node_chunk_and_cause(

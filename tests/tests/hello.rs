@@ -108,3 +108,29 @@ fn validate_and_graph_describe_the_dag() {
     assert!(d.stdout.starts_with("digraph livecalc"), "{}", d.stdout);
     assert!(d.stdout.contains("\"rate\" -> \"gross\""), "{}", d.stdout);
 }
+
+#[test]
+fn independent_nodes_run_at_the_same_time() {
+    let text = std::fs::read_to_string(examples().join("dag_config_hello.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["data_sources"]["policies"]["path"] = serde_json::json!(examples().join("data/hello_policies.csv"));
+    // A second rater reading the same source: nothing orders it after the first.
+    let mut twin = v["engines"][0].clone();
+    twin["id"] = serde_json::json!("rate_twin");
+    v["engines"].as_array_mut().unwrap().push(twin);
+    v["output"] = serde_json::json!(["rate.priced", "rate_twin.priced"]);
+    let dir = TempDir::new("twins");
+    let dag = write_dag(dir.path(), &v);
+    let f = run_supervisor(&["run", dag.to_str().unwrap(), "--out", dir.join("out").to_str().unwrap()], Duration::from_secs(60));
+    assert_eq!(f.code, 0, "{}", f.stderr);
+    let m = f.manifest(&dir.join("out"));
+    let t = |id: &str, k: &str| {
+        m["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap()["timings"][k].as_f64().unwrap()
+    };
+    assert!(t("rate_twin", "started_ms") < t("rate", "finished_ms"), "the twin waited for the first rater");
+    assert!(t("rate", "started_ms") < t("rate_twin", "finished_ms"));
+    assert_eq!(
+        file_sha(&dir.join("out/rate/priced.parquet")),
+        file_sha(&dir.join("out/rate_twin/priced.parquet"))
+    );
+}
