@@ -266,10 +266,23 @@ void block(const Natural& n, const Settings& s, ScenarioTables& out) {
         }
     }
     out.F.clear();
+    out.R.clear();
     if (s.dyn.on) {
+        // One-step discount ratios for the kernel that carries if(t) D(t); padding lanes stay 0.
+        out.R.assign(size_t(B) * size_t(T) * kLanes, 0.0);
+        for (int sc = 0; sc < S; ++sc) {
+            const double* D = &n.D[size_t(sc) * size_t(T + 1)];
+            for (int t = 0; t < T; ++t) out.R[at(T, sc, t)] = D[t + 1] / D[t];
+        }
         out.F.assign(size_t(B) * size_t(T) * kLanes, 1.0);
-        for (int sc = 0; sc < S; ++sc)
-            for (int t = 0; t < T; ++t) out.F[at(T, sc, t)] = lapse_factor(s.dyn, n.r[size_t(sc) * size_t(T) + size_t(t)]);
+        out.f_max = 0.0;
+        for (int sc = 0; sc < S; ++sc) {
+            for (int t = 0; t < T; ++t) {
+                const double f = lapse_factor(s.dyn, n.r[size_t(sc) * size_t(T) + size_t(t)]);
+                out.F[at(T, sc, t)] = f;
+                out.f_max = std::max(out.f_max, f);
+            }
+        }
     }
 }
 

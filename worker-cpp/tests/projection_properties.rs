@@ -194,11 +194,16 @@ fn every_instruction_set_gives_bit_identical_results(
     #[values(false, true)] dyn_lapse: bool,
     #[values("start", "end")] commission_timing: &str,
     #[values("start", "mid")] expense_timing: &str,
+    #[values(false, true)] capped_lapses: bool,
 ) {
     let f = fixture(16);
     let mut cfg = with(f.base.clone(), json!({ "timing": { "commissions": commission_timing, "expenses": expense_timing } }));
     if dyn_lapse {
         cfg = with(cfg, dynamic());
+    }
+    if capped_lapses {
+        // Lapse rates near 1 so that w F > 1 somewhere: the kernels' cap on lapses is in play.
+        cfg = with(cfg, json!({ "multipliers": { "lapse": 7.0 } }));
     }
     let mut results = Vec::new();
     for simd in ["sse2", "avx2", "avx512"] {

@@ -147,6 +147,8 @@ struct ScenarioTables {
     AlignedVec D;             // [blocks][T + 1][8]   D(t) at step boundaries
     AlignedVec Dmid;          // [blocks][T][8]       sqrt(D(t) D(t+1)); empty unless used
     AlignedVec F;             // [blocks][T][8]       dynamic lapse factor; empty unless dynamic
+    double f_max = 1.0;       // largest lapse factor in F
+    AlignedVec R;             // [blocks][T][8]       D(t+1) / D(t); only with dynamic lapse
     AlignedVec meanD, meanDmid;  // [T + 1], [T]      mean over scenarios, scenario order
     std::string source;       // how the scenarios arrived, for messages
     std::string coverage;     // e.g. "30 yearly curve rows", for messages

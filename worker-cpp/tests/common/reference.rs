@@ -424,17 +424,17 @@ pub fn expected(model: &Model, book: &Book, scen: &Scenarios, cf_steps: usize) -
         let mut scale = 0.0;
         for (sc, path) in paths.iter().enumerate() {
             let pr = project(model, &p, prem, path);
-            for c in 0..6 {
-                mean[c] += pr.pv[c] / s as f64;
-                e.per_scenario[sc][c] += pr.pv[c];
+            for (c, v) in pr.pv.iter().enumerate() {
+                mean[c] += v / s as f64;
+                e.per_scenario[sc][c] += v;
             }
             let mag: f64 = pr.pv[1..].iter().map(|v| v.abs()).sum();
             e.scenario_scale[sc] += mag;
             scale += mag / s as f64;
             row.push(pr.pv[0]);
             for (t, c) in pr.cf.iter().enumerate() {
-                for k in 0..9 {
-                    e.cashflows[t][k] += c[k] / s as f64;
+                for (acc, v) in e.cashflows[t].iter_mut().zip(c) {
+                    *acc += v / s as f64;
                 }
             }
         }
