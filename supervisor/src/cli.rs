@@ -200,7 +200,11 @@ fn execute(cli: Cli) -> Result<u8, CliError> {
                         out.display()
                     ),
                     RunStatus::Partial | RunStatus::Failed => {
-                        let word = if m.status == RunStatus::Partial { "finished partial" } else { "failed" };
+                        let word = if m.status == RunStatus::Partial {
+                            "finished partial"
+                        } else {
+                            "failed"
+                        };
                         eprintln!("run {} {word} after {:.0} ms:", m.run_id, m.wall_ms);
                         for e in &m.errors {
                             eprintln!("  - {e}");

@@ -17,7 +17,15 @@ fn run(dag: &Value) -> Value {
     let dir = TempDir::new("bench");
     let path = write_dag(dir.path(), dag);
     let out = dir.join("out");
-    let f = run_supervisor(&["run", path.to_str().unwrap(), "--out", out.to_str().unwrap()], Duration::from_secs(600));
+    let f = run_supervisor(
+        &[
+            "run",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(600),
+    );
     assert_eq!(f.code, 0, "{}", f.stderr);
     f.manifest(&out)
 }
@@ -48,9 +56,18 @@ fn f(m: &Value, path: &[&str]) -> f64 {
 fn main() {
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    println!("machine: {machine}, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "machine: {machine}, {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
 
     // 1. Control round trip: 5,000 one-row chunks on one C++ worker.
     let mut p50 = Vec::new();
@@ -100,10 +117,26 @@ fn main() {
         let dir = TempDir::new("bench");
         let path = write_dag(dir.path(), &dag);
         let out = dir.join("out");
-        let r = run_supervisor(&["run", path.to_str().unwrap(), "--out", out.to_str().unwrap()], Duration::from_secs(60));
+        let r = run_supervisor(
+            &[
+                "run",
+                path.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            Duration::from_secs(60),
+        );
         let m = r.manifest(&out);
-        py.push(m["nodes"][0]["timings"]["worker_ready_ms"][0].as_f64().unwrap());
-        cpp.push(m["nodes"][1]["timings"]["worker_ready_ms"][0].as_f64().unwrap());
+        py.push(
+            m["nodes"][0]["timings"]["worker_ready_ms"][0]
+                .as_f64()
+                .unwrap(),
+        );
+        cpp.push(
+            m["nodes"][1]["timings"]["worker_ready_ms"][0]
+                .as_f64()
+                .unwrap(),
+        );
     }
     println!(
         "worker start to ready (median of 7): C++ {:.1} ms (aim <= 50), Python with numpy {:.1} ms (aim <= 500)",

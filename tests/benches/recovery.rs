@@ -44,15 +44,24 @@ fn matrix() {
             for phase in matrix_phases() {
                 for persistent in [false, true] {
                     cases += 1;
-                    let (dir, f, m) = run_to_end(&matrix_dag(kind, engine, phase, persistent), "bench-matrix");
+                    let (dir, f, m) =
+                        run_to_end(&matrix_dag(kind, engine, phase, persistent), "bench-matrix");
                     let node = &m["nodes"][engine];
                     let restarts = node["restarts"].as_u64().unwrap_or(0);
                     let name = format!(
                         "{kind}/{}/{phase}/{}",
                         if engine == 0 { "python" } else { "c++" },
-                        if persistent { "every attempt" } else { "first attempt" }
+                        if persistent {
+                            "every attempt"
+                        } else {
+                            "first attempt"
+                        }
                     );
-                    let mode = if persistent { "every attempt" } else { "first attempt" };
+                    let mode = if persistent {
+                        "every attempt"
+                    } else {
+                        "first attempt"
+                    };
                     let slot = by_mode.entry(mode).or_default();
                     match f.code {
                         0 if restarts == 0 => {
@@ -106,7 +115,8 @@ fn kill_run(
     let dir = TempDir::new("bench-kill");
     let mut v = long_hello_dag(dir.path(), ROWS, CHUNK);
     for e in v["engines"].as_array_mut().unwrap() {
-        e["retry"] = json!({"max_attempts": 5, "initial_delay_ms": 1, "max_delay_ms": 1, "jitter": 0.0});
+        e["retry"] =
+            json!({"max_attempts": 5, "initial_delay_ms": 1, "max_delay_ms": 1, "jitter": 0.0});
         e["restart_limit"] = json!({"max_restarts": 10000, "window_s": 600});
     }
     let path = write_dag(dir.path(), &v);
@@ -145,18 +155,35 @@ fn kill_run(
     let m = f.manifest(&out);
     let node = &m["nodes"][node_index];
     let mut rec: Vec<&Value> = node["recoveries"].as_array().unwrap().iter().collect();
-    rec.sort_by(|a, b| a["detected_unix_ms"].as_f64().unwrap().total_cmp(&b["detected_unix_ms"].as_f64().unwrap()));
+    rec.sort_by(|a, b| {
+        a["detected_unix_ms"]
+            .as_f64()
+            .unwrap()
+            .total_cmp(&b["detected_unix_ms"].as_f64().unwrap())
+    });
     assert_eq!(rec.len(), kills.len(), "one recovery per kill");
     let mut sample = Vec::new();
     for (k, r) in kills.iter().zip(&rec) {
         let detected = r["detected_unix_ms"].as_f64().unwrap();
-        *causes.entry(r["cause"].as_str().unwrap_or("?").to_string()).or_default() += 1;
-        assert!(detected >= k.at_ms - 1.0, "recovery before its kill: {r:#} {k:?}");
+        *causes
+            .entry(r["cause"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
+        assert!(
+            detected >= k.at_ms - 1.0,
+            "recovery before its kill: {r:#} {k:?}"
+        );
         if r["cause"] == "signal" {
             let msg = r["message"].as_str().unwrap();
-            assert!(msg.contains(&format!("pid {} ", k.pid)) || msg.contains(&format!("pid {})", k.pid)), "{msg} vs {k:?}");
+            assert!(
+                msg.contains(&format!("pid {} ", k.pid))
+                    || msg.contains(&format!("pid {})", k.pid)),
+                "{msg} vs {k:?}"
+            );
         }
-        sample.push((detected - k.at_ms, r["ready_unix_ms"].as_f64().map(|t| t - k.at_ms)));
+        sample.push((
+            detected - k.at_ms,
+            r["ready_unix_ms"].as_f64().map(|t| t - k.at_ms),
+        ));
     }
     let ready: Vec<f64> = node["timings"]["worker_ready_ms"]
         .as_array()
@@ -175,7 +202,13 @@ fn latency(node_id: &str, node_index: usize, engine: &str, spacing: Duration, wa
     let mut runs = 0;
     let mut causes = BTreeMap::new();
     while sample.len() < want && runs < 20 {
-        let (s, r) = kill_run(node_id, node_index, spacing, want - sample.len(), &mut causes);
+        let (s, r) = kill_run(
+            node_id,
+            node_index,
+            spacing,
+            want - sample.len(),
+            &mut causes,
+        );
         sample.extend(s);
         init.extend(r);
         runs += 1;
@@ -224,7 +257,22 @@ fn main() {
     if std::env::var_os("LIVECALC_BENCH_SKIP_MATRIX").is_none() {
         matrix();
     }
-    let kills: usize = std::env::var("LIVECALC_BENCH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
-    latency("rate", 0, "Python engine (python_hello)", Duration::from_millis(350), kills);
-    latency("gross", 1, "C++ engine (cpp_my_engine)", Duration::from_millis(40), kills);
+    let kills: usize = std::env::var("LIVECALC_BENCH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    latency(
+        "rate",
+        0,
+        "Python engine (python_hello)",
+        Duration::from_millis(350),
+        kills,
+    );
+    latency(
+        "gross",
+        1,
+        "C++ engine (cpp_my_engine)",
+        Duration::from_millis(40),
+        kills,
+    );
 }

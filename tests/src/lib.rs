@@ -54,10 +54,8 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!(
-            "livecalc-test-{tag}-{}-{n}",
-            std::process::id()
-        ));
+        let p =
+            std::env::temp_dir().join(format!("livecalc-test-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)
@@ -90,7 +88,11 @@ pub struct Finished {
 impl Finished {
     pub fn manifest(&self, out: &Path) -> Value {
         let text = std::fs::read_to_string(out.join("manifest.json")).unwrap_or_else(|e| {
-            panic!("no manifest in {}: {e}\nstderr:\n{}", out.display(), self.stderr)
+            panic!(
+                "no manifest in {}: {e}\nstderr:\n{}",
+                out.display(),
+                self.stderr
+            )
         });
         serde_json::from_str(&text).expect("manifest is JSON")
     }
@@ -146,10 +148,7 @@ pub fn workers_of(pid: u32) -> Vec<u32> {
             continue;
         };
         if let Ok(env) = std::fs::read(format!("/proc/{p}/environ")) {
-            if env
-                .split(|&b| b == 0)
-                .any(|kv| kv == needle.as_bytes())
-            {
+            if env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
                 // A zombie has an empty environ; anything readable is alive.
                 out.push(p);
             }
@@ -187,7 +186,10 @@ pub fn assert_nothing_left(pid: u32) {
         std::thread::sleep(Duration::from_millis(10));
     }
     let s = segments_of(pid);
-    assert!(s.is_empty(), "segments of supervisor {pid} left in /dev/shm: {s:?}");
+    assert!(
+        s.is_empty(),
+        "segments of supervisor {pid} left in /dev/shm: {s:?}"
+    );
 }
 
 /// All columns of a Parquet file, concatenated over its row groups.
@@ -253,10 +255,15 @@ pub fn file_sha(path: &Path) -> String {
 /// The hello example DAG (`rate`: Python, `gross`: C++; 1000 rows in 8 chunks of 128) as JSON,
 /// its data path made absolute so the DAG can be written to any folder.
 pub fn hello_dag() -> Value {
-    let text = std::fs::read_to_string(examples().join("dag_config_hello.json")).expect("hello DAG");
+    let text =
+        std::fs::read_to_string(examples().join("dag_config_hello.json")).expect("hello DAG");
     let mut v: Value = serde_json::from_str(&text).expect("hello DAG is JSON");
-    v["data_sources"]["policies"]["path"] =
-        Value::from(examples().join("data/hello_policies.csv").to_str().expect("utf-8 path"));
+    v["data_sources"]["policies"]["path"] = Value::from(
+        examples()
+            .join("data/hello_policies.csv")
+            .to_str()
+            .expect("utf-8 path"),
+    );
     v
 }
 
@@ -285,12 +292,16 @@ pub fn long_hello_dag(dir: &Path, rows: u64, chunk: u64) -> Value {
 
 /// Number of open file descriptors of a process.
 pub fn open_fds(pid: u32) -> Option<usize> {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|d| d.count())
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|d| d.count())
 }
 
 /// Number of threads of a process.
 pub fn threads_of(pid: u32) -> Option<usize> {
-    std::fs::read_dir(format!("/proc/{pid}/task")).ok().map(|d| d.count())
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()
+        .map(|d| d.count())
 }
 
 /// The node a worker process serves (`--node ID` on its command line).
@@ -298,7 +309,8 @@ pub fn worker_node(pid: u32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
     let at = args.iter().position(|a| *a == b"--node")?;
-    args.get(at + 1).map(|a| String::from_utf8_lossy(a).into_owned())
+    args.get(at + 1)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
 }
 
 /// Live workers of supervisor `pid` serving `node`.
@@ -328,7 +340,10 @@ pub fn journaled_chunks(out: &Path, node: &str) -> usize {
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -367,7 +382,15 @@ pub fn quantile(sample: &[f64], q: f64) -> f64 {
 
 /// Fault kinds of the resilience matrix.
 pub fn matrix_kinds() -> [&'static str; 7] {
-    ["segfault", "abort", "exit", "hang", "grow_memory", "garbage", "error"]
+    [
+        "segfault",
+        "abort",
+        "exit",
+        "hang",
+        "grow_memory",
+        "garbage",
+        "error",
+    ]
 }
 
 /// Phases of the resilience matrix.
@@ -407,7 +430,8 @@ pub fn matrix_fault(kind: &str, phase: &str, persistent: bool) -> Value {
 pub fn matrix_dag(kind: &str, engine: usize, phase: &str, persistent: bool) -> Value {
     let mut v = hello_dag();
     for e in v["engines"].as_array_mut().expect("engines") {
-        e["retry"] = serde_json::json!({"max_attempts": 3, "initial_delay_ms": 1, "max_delay_ms": 5});
+        e["retry"] =
+            serde_json::json!({"max_attempts": 3, "initial_delay_ms": 1, "max_delay_ms": 5});
         e["restart_limit"] = serde_json::json!({"max_restarts": 3, "window_s": 60});
         e["on_failure"] = Value::from("partial");
     }
@@ -526,10 +550,15 @@ class Rogue(HelloEngine):
 /// Start `livecalc-supervisor run DAG --out OUT [extra..]` with extra environment, not waiting.
 pub fn start_run(dag: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
     let mut c = supervisor();
-    c.args(["run", dag.to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8")])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    c.args([
+        "run",
+        dag.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ])
+    .args(extra)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     for (k, v) in env {
         c.env(k, v);
     }
@@ -550,7 +579,11 @@ pub fn output_shas(out: &Path, manifest: &Value) -> BTreeMap<String, String> {
         .map(|o| {
             let p = o["path"].as_str().expect("path").to_string();
             let sha = file_sha(&out.join(&p));
-            assert_eq!(o["sha256"].as_str(), Some(sha.as_str()), "manifest checksum of {p}");
+            assert_eq!(
+                o["sha256"].as_str(),
+                Some(sha.as_str()),
+                "manifest checksum of {p}"
+            );
             (p, sha)
         })
         .collect()
@@ -567,13 +600,19 @@ pub fn machine_description() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem_kb = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| {
             t.lines()
                 .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
         })
         .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

@@ -26,7 +26,11 @@ fn base() -> Value {
 
 fn setup(dag_text: &str) -> TempDir {
     let dir = TempDir::new("bad");
-    std::fs::write(dir.join("book.csv"), "policy_id,age,sum_assured\n1,30,1000\n2,40,2000\n").unwrap();
+    std::fs::write(
+        dir.join("book.csv"),
+        "policy_id,age,sum_assured\n1,30,1000\n2,40,2000\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("dag.json"), dag_text).unwrap();
     dir
 }
@@ -41,10 +45,17 @@ fn assert_rejected(dir: &TempDir, expected: &[&str]) {
         let f = run_supervisor(&args, Duration::from_secs(20));
         assert_eq!(f.code, 2, "{args:?} should exit 2; stderr:\n{}", f.stderr);
         for e in expected {
-            assert!(f.stderr.contains(e), "{args:?}: stderr lacks {e:?}:\n{}", f.stderr);
+            assert!(
+                f.stderr.contains(e),
+                "{args:?}: stderr lacks {e:?}:\n{}",
+                f.stderr
+            );
         }
     }
-    assert!(!out.exists(), "a rejected DAG must not create its output folder");
+    assert!(
+        !out.exists(),
+        "a rejected DAG must not create its output folder"
+    );
 }
 
 fn edited(edit: impl FnOnce(&mut Value)) -> String {
@@ -56,7 +67,10 @@ fn edited(edit: impl FnOnce(&mut Value)) -> String {
 #[test]
 fn the_base_dag_is_valid() {
     let dir = setup(&edited(|_| {}));
-    let f = run_supervisor(&["validate", dir.join("dag.json").to_str().unwrap()], Duration::from_secs(20));
+    let f = run_supervisor(
+        &["validate", dir.join("dag.json").to_str().unwrap()],
+        Duration::from_secs(20),
+    );
     assert_eq!(f.code, 0, "{}", f.stderr);
 }
 
@@ -96,10 +110,18 @@ fn every_problem_is_listed_in_one_pass() {
         v["output"] = json!(["gross.nothing"]);
     });
     let dir = setup(&text);
-    let f = run_supervisor(&["validate", dir.join("dag.json").to_str().unwrap(), "--json"], Duration::from_secs(20));
+    let f = run_supervisor(
+        &["validate", dir.join("dag.json").to_str().unwrap(), "--json"],
+        Duration::from_secs(20),
+    );
     assert_eq!(f.code, 2);
     let v: Value = serde_json::from_str(&f.stdout).unwrap();
-    let paths: Vec<&str> = v["problems"].as_array().unwrap().iter().map(|p| p["path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
     assert!(paths.contains(&"$.engines[0].type"), "{paths:?}");
     assert!(paths.contains(&"$.engines[1].chunk_size"), "{paths:?}");
     assert!(paths.contains(&"$.output[0]"), "{paths:?}");
@@ -108,10 +130,19 @@ fn every_problem_is_listed_in_one_pass() {
 #[test]
 fn a_bad_value_in_the_data_names_file_row_and_column() {
     let dir = setup(&edited(|_| {}));
-    std::fs::write(dir.join("book.csv"), "policy_id,age,sum_assured\n1,30,1000\n2,forty,2000\n").unwrap();
+    std::fs::write(
+        dir.join("book.csv"),
+        "policy_id,age,sum_assured\n1,30,1000\n2,forty,2000\n",
+    )
+    .unwrap();
     let out = dir.join("out");
     let f = run_supervisor(
-        &["run", dir.join("dag.json").to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &[
+            "run",
+            dir.join("dag.json").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
         Duration::from_secs(20),
     );
     assert_eq!(f.code, 2, "{}", f.stderr);
@@ -127,10 +158,18 @@ fn a_non_empty_foreign_output_folder_is_refused() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("precious.txt"), "keep me").unwrap();
     let f = run_supervisor(
-        &["run", dir.join("dag.json").to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &[
+            "run",
+            dir.join("dag.json").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
         Duration::from_secs(20),
     );
     assert_eq!(f.code, 1, "{}", f.stderr);
     assert!(f.stderr.contains("is not empty"), "{}", f.stderr);
-    assert_eq!(std::fs::read_to_string(out.join("precious.txt")).unwrap(), "keep me");
+    assert_eq!(
+        std::fs::read_to_string(out.join("precious.txt")).unwrap(),
+        "keep me"
+    );
 }

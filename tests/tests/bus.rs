@@ -22,11 +22,23 @@ fn run_checksum(rows: u64, workers: u32) -> Value {
     });
     let path = write_dag(dir.path(), &dag);
     let out = dir.join("out");
-    let f = run_supervisor(&["run", path.to_str().unwrap(), "--out", out.to_str().unwrap()], Duration::from_secs(300));
+    let f = run_supervisor(
+        &[
+            "run",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
     assert_eq!(f.code, 0, "{}", f.stderr);
     let cols = read_parquet(&out.join("sum/checksum.parquet"));
     let n = rows as i64;
-    assert_eq!(i64_column(&cols, "total"), vec![n * (n - 1) / 2], "the engine read every row");
+    assert_eq!(
+        i64_column(&cols, "total"),
+        vec![n * (n - 1) / 2],
+        "the engine read every row"
+    );
     assert_eq!(i64_column(&cols, "rows"), vec![n]);
     f.manifest(&out)
 }
@@ -48,8 +60,22 @@ fn control_bytes_per_chunk_do_not_grow_with_the_data() {
     let l = per_chunk(&large);
     assert_eq!(s.len(), 1);
     assert_eq!(l.len(), 1024);
-    assert!(s[0] > 0 && s[0] < 200, "a chunk costs a few dozen bytes of control, not data: {}", s[0]);
-    assert!(l.iter().all(|&b| b == s[0]), "1 GiB chunks cost {:?}.. bytes, 1 MiB chunk {}", &l[..4], s[0]);
-    let total = large["nodes"][0]["control_bytes"]["total"].as_u64().unwrap();
-    assert!(total < 1 << 20, "all control traffic for 1 GiB is {total} bytes");
+    assert!(
+        s[0] > 0 && s[0] < 200,
+        "a chunk costs a few dozen bytes of control, not data: {}",
+        s[0]
+    );
+    assert!(
+        l.iter().all(|&b| b == s[0]),
+        "1 GiB chunks cost {:?}.. bytes, 1 MiB chunk {}",
+        &l[..4],
+        s[0]
+    );
+    let total = large["nodes"][0]["control_bytes"]["total"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        total < 1 << 20,
+        "all control traffic for 1 GiB is {total} bytes"
+    );
 }

@@ -58,7 +58,13 @@ fn a_crashing_worker_fails_the_run_naming_node_chunk_and_cause(
     assert_eq!(f.code, 1, "stderr:\n{}", f.stderr);
     assert_eq!(m["status"], "failed");
     let node = if engine == 0 { "rate" } else { "gross" };
-    let all = m["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect::<Vec<_>>().join("\n");
+    let all = m["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(all.contains(&format!("node '{node}'")), "{all}");
     for e in expected {
         assert!(all.contains(e), "errors lack {e:?}:\n{all}");
@@ -76,8 +82,16 @@ fn a_hung_chunk_times_out(#[values(0, 1)] engine: usize) {
     let t = Instant::now();
     let (f, m) = run_failing(&dir, &dag);
     assert_eq!(f.code, 1, "{}", f.stderr);
-    assert!(f.stderr.contains("chunk 1 (rows 128..256): timed out after 1.0 s (timeout_s)"), "{}", f.stderr);
-    assert_eq!(m["nodes"][engine]["chunks"]["failed"][0]["cause"], "timeout");
+    assert!(
+        f.stderr
+            .contains("chunk 1 (rows 128..256): timed out after 1.0 s (timeout_s)"),
+        "{}",
+        f.stderr
+    );
+    assert_eq!(
+        m["nodes"][engine]["chunks"]["failed"][0]["cause"],
+        "timeout"
+    );
     assert!(t.elapsed() < Duration::from_secs(20));
 }
 
@@ -89,7 +103,11 @@ fn a_worker_that_never_connects_fails_the_run(#[values(0, 1)] engine: usize) {
     });
     let (f, _) = run_failing(&dir, &dag);
     assert_eq!(f.code, 1, "{}", f.stderr);
-    assert!(f.stderr.contains("did not connect within 1.0 s"), "{}", f.stderr);
+    assert!(
+        f.stderr.contains("did not connect within 1.0 s"),
+        "{}",
+        f.stderr
+    );
 }
 
 #[test]
@@ -100,7 +118,13 @@ fn a_cpp_exception_keeps_its_class() {
     let (f, m) = run_failing(&dir, &dag);
     assert_eq!(f.code, 1, "{}", f.stderr);
     // Policy 300 is row 299, in chunk 2 (rows 256..384).
-    assert!(f.stderr.contains("node 'gross' chunk 2 (rows 256..384): ExecutionError: policy 300 is marked to fail"), "{}", f.stderr);
+    assert!(
+        f.stderr.contains(
+            "node 'gross' chunk 2 (rows 256..384): ExecutionError: policy 300 is marked to fail"
+        ),
+        "{}",
+        f.stderr
+    );
     assert_eq!(m["nodes"][0]["status"], "succeeded");
     // The completed node's output is still delivered.
     assert!(dir.join("out/rate/priced.parquet").is_file());
@@ -113,8 +137,17 @@ fn a_python_configuration_error_keeps_its_class_and_traceback_goes_to_the_log() 
     });
     let (f, _) = run_failing(&dir, &dag);
     assert_eq!(f.code, 1, "{}", f.stderr);
-    assert!(f.stderr.contains("during initialize: ConfigurationError: missing config key 'base_rate'"), "{}", f.stderr);
-    assert!(f.stderr.contains("Traceback (most recent call last)"), "{}", f.stderr);
+    assert!(
+        f.stderr
+            .contains("during initialize: ConfigurationError: missing config key 'base_rate'"),
+        "{}",
+        f.stderr
+    );
+    assert!(
+        f.stderr.contains("Traceback (most recent call last)"),
+        "{}",
+        f.stderr
+    );
 }
 
 #[test]
@@ -124,7 +157,12 @@ fn a_cpp_configuration_error_keeps_its_class() {
     });
     let (f, _) = run_failing(&dir, &dag);
     assert_eq!(f.code, 1, "{}", f.stderr);
-    assert!(f.stderr.contains("ConfigurationError: Missing required_param"), "{}", f.stderr);
+    assert!(
+        f.stderr
+            .contains("ConfigurationError: Missing required_param"),
+        "{}",
+        f.stderr
+    );
 }
 
 #[test]
@@ -134,7 +172,12 @@ fn an_unknown_python_module_is_reported() {
     });
     let (f, _) = run_failing(&dir, &dag);
     assert_eq!(f.code, 1, "{}", f.stderr);
-    assert!(f.stderr.contains("could not be created: ModuleNotFoundError"), "{}", f.stderr);
+    assert!(
+        f.stderr
+            .contains("could not be created: ModuleNotFoundError"),
+        "{}",
+        f.stderr
+    );
 }
 
 fn start_hanging_run(tag: &str) -> (TempDir, std::process::Child) {
@@ -173,7 +216,11 @@ fn a_signal_stops_every_worker_and_removes_every_segment(
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
     let f = wait_supervisor(child, Duration::from_secs(20));
     assert_eq!(f.code, 1, "{}", f.stderr);
-    assert!(t.elapsed() < Duration::from_secs(10), "stop took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "stop took {:?}",
+        t.elapsed()
+    );
     let m = f.manifest(&dir.join("out"));
     assert_eq!(m["status"], "failed");
     assert!(m["errors"].to_string().contains(reason), "{}", m["errors"]);
@@ -191,26 +238,46 @@ fn segments_of_a_killed_supervisor_are_removed_by_cleanup_and_by_the_next_run() 
         // Workers follow their supervisor through the kernel's parent-death signal.
         let deadline = Instant::now() + Duration::from_secs(5);
         while !workers_of(pid).is_empty() {
-            assert!(Instant::now() < deadline, "workers outlived a SIGKILLed supervisor");
+            assert!(
+                Instant::now() < deadline,
+                "workers outlived a SIGKILLed supervisor"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(segments_of(pid), before, "segments stay until someone cleans up");
+        assert_eq!(
+            segments_of(pid),
+            before,
+            "segments stay until someone cleans up"
+        );
         if use_cleanup {
             let f = run_supervisor(&["cleanup", "--json"], Duration::from_secs(20));
             assert_eq!(f.code, 0);
             let v: Value = serde_json::from_str(&f.stdout).unwrap();
             for s in &before {
-                assert!(v["removed"].to_string().contains(s.as_str()), "{}", f.stdout);
+                assert!(
+                    v["removed"].to_string().contains(s.as_str()),
+                    "{}",
+                    f.stdout
+                );
             }
         } else {
             let dag = examples().join("dag_config_hello.json");
             let out = TempDir::new("next");
             let f = run_supervisor(
-                &["run", dag.to_str().unwrap(), "--out", out.join("o").to_str().unwrap()],
+                &[
+                    "run",
+                    dag.to_str().unwrap(),
+                    "--out",
+                    out.join("o").to_str().unwrap(),
+                ],
                 Duration::from_secs(60),
             );
             assert_eq!(f.code, 0, "{}", f.stderr);
         }
-        assert!(segments_of(pid).is_empty(), "stale segments remain: {:?}", segments_of(pid));
+        assert!(
+            segments_of(pid).is_empty(),
+            "stale segments remain: {:?}",
+            segments_of(pid)
+        );
     }
 }

@@ -28,7 +28,12 @@ fn book() -> Vec<Policy> {
 fn run_hello(extra: &[&str]) -> (TempDir, Finished) {
     let out = TempDir::new("hello");
     let dag = examples().join("dag_config_hello.json");
-    let mut args = vec!["run", dag.to_str().unwrap(), "--out", out.path().to_str().unwrap()];
+    let mut args = vec![
+        "run",
+        dag.to_str().unwrap(),
+        "--out",
+        out.path().to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let f = run_supervisor(&args, Duration::from_secs(60));
     (out, f)
@@ -58,7 +63,10 @@ fn hello_pipeline_computes_the_right_values() {
     let gross: Vec<f64> = premium.iter().map(|p| p * 1.12).collect();
 
     let priced = read_parquet(&out.join("rate/priced.parquet"));
-    assert_eq!(i64_column(&priced, "policy_id"), policies.iter().map(|p| p.id).collect::<Vec<_>>());
+    assert_eq!(
+        i64_column(&priced, "policy_id"),
+        policies.iter().map(|p| p.id).collect::<Vec<_>>()
+    );
     assert_eq!(f64_column(&priced, "premium"), premium);
 
     let taxed = read_parquet(&out.join("gross/taxed.parquet"));
@@ -86,8 +94,16 @@ fn results_are_byte_identical_for_any_worker_count() {
     let (four, f4) = run_hello(&["--workers", "4"]);
     assert_eq!(f1.code, 0, "{}", f1.stderr);
     assert_eq!(f4.code, 0, "{}", f4.stderr);
-    for file in ["rate/priced.parquet", "gross/taxed.parquet", "gross/totals.parquet"] {
-        assert_eq!(file_sha(&one.join(file)), file_sha(&four.join(file)), "{file} differs");
+    for file in [
+        "rate/priced.parquet",
+        "gross/taxed.parquet",
+        "gross/totals.parquet",
+    ] {
+        assert_eq!(
+            file_sha(&one.join(file)),
+            file_sha(&four.join(file)),
+            "{file} differs"
+        );
     }
     let m4 = f4.manifest(four.path());
     assert_eq!(m4["nodes"][0]["worker_starts"], 4);
@@ -96,14 +112,25 @@ fn results_are_byte_identical_for_any_worker_count() {
 #[test]
 fn validate_and_graph_describe_the_dag() {
     let dag = examples().join("dag_config_hello.json");
-    let f = run_supervisor(&["validate", dag.to_str().unwrap(), "--json"], Duration::from_secs(20));
+    let f = run_supervisor(
+        &["validate", dag.to_str().unwrap(), "--json"],
+        Duration::from_secs(20),
+    );
     assert_eq!(f.code, 0, "{}", f.stderr);
     let v: serde_json::Value = serde_json::from_str(&f.stdout).unwrap();
     assert_eq!(v["status"], "valid");
     assert_eq!(v["nodes"][0]["chunks"], 8);
-    let g = run_supervisor(&["graph", dag.to_str().unwrap(), "--format", "mermaid"], Duration::from_secs(20));
+    let g = run_supervisor(
+        &["graph", dag.to_str().unwrap(), "--format", "mermaid"],
+        Duration::from_secs(20),
+    );
     assert_eq!(g.code, 0);
-    assert!(g.stdout.contains("node_rate ==>|priced| node_gross") || g.stdout.contains("src_policies ==>|policies| node_rate"), "{}", g.stdout);
+    assert!(
+        g.stdout.contains("node_rate ==>|priced| node_gross")
+            || g.stdout.contains("src_policies ==>|policies| node_rate"),
+        "{}",
+        g.stdout
+    );
     let d = run_supervisor(&["graph", dag.to_str().unwrap()], Duration::from_secs(20));
     assert!(d.stdout.starts_with("digraph livecalc"), "{}", d.stdout);
     assert!(d.stdout.contains("\"rate\" -> \"gross\""), "{}", d.stdout);
@@ -113,7 +140,8 @@ fn validate_and_graph_describe_the_dag() {
 fn independent_nodes_run_at_the_same_time() {
     let text = std::fs::read_to_string(examples().join("dag_config_hello.json")).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["data_sources"]["policies"]["path"] = serde_json::json!(examples().join("data/hello_policies.csv"));
+    v["data_sources"]["policies"]["path"] =
+        serde_json::json!(examples().join("data/hello_policies.csv"));
     // A second rater reading the same source: nothing orders it after the first.
     let mut twin = v["engines"][0].clone();
     twin["id"] = serde_json::json!("rate_twin");
@@ -121,13 +149,31 @@ fn independent_nodes_run_at_the_same_time() {
     v["output"] = serde_json::json!(["rate.priced", "rate_twin.priced"]);
     let dir = TempDir::new("twins");
     let dag = write_dag(dir.path(), &v);
-    let f = run_supervisor(&["run", dag.to_str().unwrap(), "--out", dir.join("out").to_str().unwrap()], Duration::from_secs(60));
+    let f = run_supervisor(
+        &[
+            "run",
+            dag.to_str().unwrap(),
+            "--out",
+            dir.join("out").to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
     assert_eq!(f.code, 0, "{}", f.stderr);
     let m = f.manifest(&dir.join("out"));
     let t = |id: &str, k: &str| {
-        m["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap()["timings"][k].as_f64().unwrap()
+        m["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap()["timings"][k]
+            .as_f64()
+            .unwrap()
     };
-    assert!(t("rate_twin", "started_ms") < t("rate", "finished_ms"), "the twin waited for the first rater");
+    assert!(
+        t("rate_twin", "started_ms") < t("rate", "finished_ms"),
+        "the twin waited for the first rater"
+    );
     assert!(t("rate", "started_ms") < t("rate_twin", "finished_ms"));
     assert_eq!(
         file_sha(&dir.join("out/rate/priced.parquet")),

@@ -32,7 +32,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const HELLO_FILES: [&str; 3] = ["rate/priced.parquet", "gross/taxed.parquet", "gross/totals.parquet"];
+const HELLO_FILES: [&str; 3] = [
+    "rate/priced.parquet",
+    "gross/taxed.parquet",
+    "gross/totals.parquet",
+];
 const HELLO_ROWS: u64 = 1000;
 const HELLO_CHUNK: u64 = 128;
 
@@ -50,7 +54,10 @@ impl Clean {
         let sha = output_shas(out, m);
         let priced = read_parquet(&out.join("rate/priced.parquet"));
         let taxed = read_parquet(&out.join("gross/taxed.parquet"));
-        assert_eq!(i64_column(&priced, "policy_id"), i64_column(&taxed, "policy_id"));
+        assert_eq!(
+            i64_column(&priced, "policy_id"),
+            i64_column(&taxed, "policy_id")
+        );
         Clean {
             sha,
             ids: i64_column(&priced, "policy_id"),
@@ -60,7 +67,12 @@ impl Clean {
     }
 }
 
-fn run_dag(dag: &Value, tag: &str, env: &[(&str, &str)], limit: Duration) -> (TempDir, PathBuf, Finished, Value) {
+fn run_dag(
+    dag: &Value,
+    tag: &str,
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> (TempDir, PathBuf, Finished, Value) {
     let dir = TempDir::new(tag);
     let path = write_dag(dir.path(), dag);
     write_rogue_engine(dir.path());
@@ -116,11 +128,17 @@ fn node<'a>(m: &'a Value, id: &str) -> &'a Value {
 }
 
 fn output<'a>(m: &'a Value, path: &str) -> Option<&'a Value> {
-    m["outputs"].as_array().unwrap().iter().find(|o| o["path"] == path)
+    m["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["path"] == path)
 }
 
 fn strs(v: &Value) -> Vec<&str> {
-    v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
 }
 
 /// `values` without the rows `[start, end)`.
@@ -154,7 +172,10 @@ fn check_recoveries(n: &Value, count: usize, cause: &str, message: &str, chunk: 
     assert_eq!(n["restarts"], count as u64);
     for r in rec {
         assert_eq!(r["cause"], cause, "{r:#}");
-        assert!(r["message"].as_str().unwrap().contains(message), "recovery message lacks {message:?}: {r:#}");
+        assert!(
+            r["message"].as_str().unwrap().contains(message),
+            "recovery message lacks {message:?}: {r:#}"
+        );
         assert_eq!(r["chunk"], chunk, "{r:#}");
         let detected = r["detected_unix_ms"].as_f64().unwrap();
         let ready = r["ready_unix_ms"].as_f64();
@@ -200,13 +221,22 @@ fn check_partial_outputs(out: &Path, m: &Value, engine: usize, failed: &[u64]) {
         // The downstream node does not accept partial inputs: cancelled, nothing delivered.
         let gross = node(m, "gross");
         assert_eq!(gross["status"], "cancelled", "{gross:#}");
-        assert!(gross["error"].as_str().unwrap().contains("upstream node 'rate' is partial"), "{gross:#}");
+        assert!(
+            gross["error"]
+                .as_str()
+                .unwrap()
+                .contains("upstream node 'rate' is partial"),
+            "{gross:#}"
+        );
         assert!(output(m, "gross/taxed.parquet").is_none());
         assert!(!out.join("gross/taxed.parquet").exists());
         assert!(!out.join("gross/totals.parquet").exists());
     } else {
         assert_eq!(node(m, "rate")["status"], "succeeded");
-        assert_eq!(file_sha(&out.join("rate/priced.parquet")), clean.sha["rate/priced.parquet"]);
+        assert_eq!(
+            file_sha(&out.join("rate/priced.parquet")),
+            clean.sha["rate/priced.parquet"]
+        );
         let report = output(m, "gross/taxed.parquet").expect("taxed delivered");
         assert_eq!(report["complete"], false);
         assert_eq!(report["covers_rows"], covered);
@@ -246,7 +276,10 @@ fn fault_matrix(
     let n = node(&m, id);
     let message = matrix_message(kind, phase);
     let chunk = matrix_chunk();
-    let ctx = format!("{kind} at {phase} of {id}, persistent={persistent}\nstderr:\n{}", f.stderr);
+    let ctx = format!(
+        "{kind} at {phase} of {id}, persistent={persistent}\nstderr:\n{}",
+        f.stderr
+    );
 
     let Some(cause) = matrix_cause(kind, phase) else {
         // Garbage during initialize has no output region to fill: the fault is a no-op (gap:
@@ -261,7 +294,11 @@ fn fault_matrix(
         // (a) Retries suffice: byte-identical outputs.
         assert_eq!(f.code, 0, "{ctx}");
         assert_eq!(m["status"], "succeeded", "{ctx}");
-        assert_eq!(output_shas(&out, &m), clean.sha, "outputs differ from a clean run: {ctx}");
+        assert_eq!(
+            output_shas(&out, &m),
+            clean.sha,
+            "outputs differ from a clean run: {ctx}"
+        );
         for o in m["outputs"].as_array().unwrap() {
             assert_eq!(o["complete"], true);
             assert_eq!(o["missing_rows"], json!([]));
@@ -280,7 +317,10 @@ fn fault_matrix(
             assert_eq!(retried[0]["attempts"], 2);
             assert!(strs(&retried[0]["causes"])[0].contains(message), "{ctx}");
         }
-        assert!(n["recoveries"][0]["ready_unix_ms"].is_f64(), "replacement never ready: {ctx}");
+        assert!(
+            n["recoveries"][0]["ready_unix_ms"].is_f64(),
+            "replacement never ready: {ctx}"
+        );
         assert_eq!(node(&m, other)["restarts"], 0, "{ctx}");
         return;
     }
@@ -299,7 +339,12 @@ fn fault_matrix(
             assert_eq!(c["cause"], "node_failed", "{ctx}");
             assert_eq!(c["attempts"], 0);
             let msg = c["message"].as_str().unwrap();
-            assert!(msg.contains(&format!("node '{id}': restart limit reached (3 restarts within 60 s)")), "{msg}");
+            assert!(
+                msg.contains(&format!(
+                    "node '{id}': restart limit reached (3 restarts within 60 s)"
+                )),
+                "{msg}"
+            );
             assert!(msg.contains(message), "{msg} lacks {message:?}");
         }
         check_recoveries(n, 3, cause, message, Value::Null);
@@ -315,7 +360,10 @@ fn fault_matrix(
         assert_eq!(c["attempts"], 3);
         assert!(c["message"].as_str().unwrap().contains(message), "{ctx}");
         assert!(
-            c["message"].as_str().unwrap().contains(&format!("node '{id}' chunk 5 (rows 640..768)")),
+            c["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("node '{id}' chunk 5 (rows 640..768)")),
             "{c:#}"
         );
         // A replacement after each failure: two for the retries, one for the chunks after it.
@@ -346,16 +394,28 @@ fn long_run(tag: &str, edit: impl FnOnce(&mut Value)) -> (TempDir, PathBuf, Path
 /// Whether process `pid` is running (not gone, not a zombie).
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        })
         .unwrap_or(false)
 }
 
 fn wait_progress(out: &Path, node: &str, fraction: f64, child_pid: u32) {
     let want = (LONG_CHUNKS as f64 * fraction) as usize;
-    wait_until(Duration::from_secs(120), &format!("{node} at {fraction} (supervisor {child_pid})"), || {
-        assert!(alive(child_pid), "supervisor {child_pid} ended before {node} reached {fraction}");
-        journaled_chunks(out, node) >= want
-    });
+    wait_until(
+        Duration::from_secs(120),
+        &format!("{node} at {fraction} (supervisor {child_pid})"),
+        || {
+            assert!(
+                alive(child_pid),
+                "supervisor {child_pid} ended before {node} reached {fraction}"
+            );
+            journaled_chunks(out, node) >= want
+        },
+    );
 }
 
 /// The lowest open-fd and thread counts seen over ~100 ms: transient descriptors of a worker
@@ -403,7 +463,11 @@ fn restart_storm(tag: &str) -> ((usize, usize), (usize, usize), usize) {
     let f = wait_supervisor(child, Duration::from_secs(180));
     assert_eq!(f.code, 0, "{}", f.stderr);
     let m = f.manifest(&out);
-    assert_eq!(&output_shas(&out, &m), clean, "outputs differ from a clean run");
+    assert_eq!(
+        &output_shas(&out, &m),
+        clean,
+        "outputs differ from a clean run"
+    );
     let between = node(&m, "gross")["recoveries"]
         .as_array()
         .unwrap()
@@ -413,8 +477,14 @@ fn restart_storm(tag: &str) -> ((usize, usize), (usize, usize), usize) {
             d > t1 && d < t2
         })
         .count();
-    assert!(between >= 20, "only {between} restarts between the samples: the test proves nothing");
-    assert!(node(&m, "rate")["restarts"].as_u64().unwrap() >= 3, "the Python node was restarted too");
+    assert!(
+        between >= 20,
+        "only {between} restarts between the samples: the test proves nothing"
+    );
+    assert!(
+        node(&m, "rate")["restarts"].as_u64().unwrap() >= 3,
+        "the Python node was restarted too"
+    );
     eprintln!(
         "supervisor {pid}: fds {} -> {}, threads {} -> {} across {between} restarts",
         first.0, second.0, first.1, second.1
@@ -425,22 +495,36 @@ fn restart_storm(tag: &str) -> ((usize, usize), (usize, usize), usize) {
 #[test]
 fn a_storm_of_restarts_leaves_results_byte_identical_and_threads_flat() {
     let ((_, th1), (_, th2), between) = restart_storm("storm");
-    assert!(th2 <= th1 + 3, "threads grew from {th1} to {th2} across {between} restarts");
+    assert!(
+        th2 <= th1 + 3,
+        "threads grew from {th1} to {th2} across {between} restarts"
+    );
 }
 
 #[test]
 
 fn supervisor_open_fds_do_not_grow_across_many_restarts() {
     let ((fd1, _), (fd2, _), between) = restart_storm("fds");
-    assert!(fd2 <= fd1 + 3, "open fds grew from {fd1} to {fd2} across {between} restarts");
+    assert!(
+        fd2 <= fd1 + 3,
+        "open fds grew from {fd1} to {fd2} across {between} restarts"
+    );
 }
 
 /// Kill a worker of `id` whenever the node reaches each fraction of its chunks.
-fn kill_workers_at(out: &Path, pid: u32, id: &'static str, at: &[f64], killed: &mut Vec<(&'static str, u32)>) {
+fn kill_workers_at(
+    out: &Path,
+    pid: u32,
+    id: &'static str,
+    at: &[f64],
+    killed: &mut Vec<(&'static str, u32)>,
+) {
     for &fraction in at {
         wait_progress(out, id, fraction, pid);
         let victims = workers_of_node(pid, id);
-        let victim = *victims.first().unwrap_or_else(|| panic!("no {id} worker at {fraction}"));
+        let victim = *victims
+            .first()
+            .unwrap_or_else(|| panic!("no {id} worker at {fraction}"));
         assert!(signal(victim, Signal::SIGKILL));
         killed.push((id, victim));
     }
@@ -463,19 +547,32 @@ fn kill_9_of_workers_from_outside_leaves_results_byte_identical() {
     let f = wait_supervisor(child, Duration::from_secs(180));
     assert_eq!(f.code, 0, "{}", f.stderr);
     let m = f.manifest(&out);
-    assert_eq!(&output_shas(&out, &m), clean, "outputs differ from a clean run");
+    assert_eq!(
+        &output_shas(&out, &m),
+        clean,
+        "outputs differ from a clean run"
+    );
     for id in ["rate", "gross"] {
         let n = node(&m, id);
         let rec = n["recoveries"].as_array().unwrap();
         assert_eq!(rec.len(), 2, "one recovery per kill: {rec:#?}");
         for r in rec {
-            assert!(r["ready_unix_ms"].is_f64(), "no replacement became ready: {r:#}");
+            assert!(
+                r["ready_unix_ms"].is_f64(),
+                "no replacement became ready: {r:#}"
+            );
             // A worker killed between two chunks is reported as a lost channel (see the ignored
             // test below); one killed inside a chunk, by its signal and pid.
             match r["cause"].as_str().unwrap() {
                 "signal" => {
-                    assert!(r["message"].as_str().unwrap().contains("killed by SIGKILL"), "{r:#}");
-                    assert!(killed.iter().any(|(k, p)| k == &id && names_pid(r, *p)), "{r:#}");
+                    assert!(
+                        r["message"].as_str().unwrap().contains("killed by SIGKILL"),
+                        "{r:#}"
+                    );
+                    assert!(
+                        killed.iter().any(|(k, p)| k == &id && names_pid(r, *p)),
+                        "{r:#}"
+                    );
                 }
                 "channel_lost" => {}
                 other => panic!("kill reported as {other}: {r:#}"),
@@ -526,11 +623,25 @@ fn a_sigstopped_worker_is_timed_out_and_replaced() {
     let f = wait_supervisor(child, Duration::from_secs(180));
     assert_eq!(f.code, 0, "{}", f.stderr);
     let m = f.manifest(&out);
-    assert_eq!(&output_shas(&out, &m), clean, "outputs differ from a clean run");
+    assert_eq!(
+        &output_shas(&out, &m),
+        clean,
+        "outputs differ from a clean run"
+    );
     for id in ["rate", "gross"] {
         let n = node(&m, id);
-        check_recoveries(n, 1, "timeout", "timed out after 1.0 s (timeout_s)", n["recoveries"][0]["chunk"].clone());
-        assert!(n["recoveries"][0]["chunk"].is_u64(), "{:#}", n["recoveries"]);
+        check_recoveries(
+            n,
+            1,
+            "timeout",
+            "timed out after 1.0 s (timeout_s)",
+            n["recoveries"][0]["chunk"].clone(),
+        );
+        assert!(
+            n["recoveries"][0]["chunk"].is_u64(),
+            "{:#}",
+            n["recoveries"]
+        );
         let retried = n["chunks"]["retried"].as_array().unwrap();
         assert_eq!(retried.len(), 1, "{retried:#?}");
         assert_eq!(retried[0]["index"], n["recoveries"][0]["chunk"]);
@@ -570,22 +681,36 @@ fn a_dev_shm_without_room_for_the_run_is_a_clear_error_before_any_work() {
     let out = dir.join("out");
     let t = Instant::now();
     let mut cmd = supervisor();
-    cmd.args(["run", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    cmd.args([
+        "run",
+        path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
     // Safety net should the check ever regress: no file (shared-memory objects included) may
     // grow past 2 GiB, so the supervisor would die of SIGXFSZ rather than fill /dev/shm (RAM).
     // SAFETY: setrlimit is async-signal-safe and allocates nothing; it runs between fork and exec.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| {
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE, 2 << 30, 2 << 30)
-                .map_err(std::io::Error::from)
+            nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_FSIZE,
+                2 << 30,
+                2 << 30,
+            )
+            .map_err(std::io::Error::from)
         });
     }
     let f = wait_supervisor(cmd.spawn().unwrap(), Duration::from_secs(30));
     assert_eq!(f.code, 1, "stdout:\n{}\nstderr:\n{}", f.stdout, f.stderr);
-    assert!(t.elapsed() < Duration::from_secs(10), "the check must come before any work: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the check must come before any work: {:?}",
+        t.elapsed()
+    );
     let v: Value = serde_json::from_str(&f.stdout).expect("--json prints the error");
     assert_eq!(v["status"], "failed");
     let err = v["error"].as_str().unwrap();
@@ -599,15 +724,26 @@ fn a_dev_shm_without_room_for_the_run_is_a_clear_error_before_any_work() {
         .filter(|&n| n > 1 << 20)
         .collect();
     assert!(nums.len() >= 2, "{err}");
-    assert!(nums[0] >= rows * 8, "needed {} < the source alone {}", nums[0], rows * 8);
-    assert!(nums[1] < nums[0] && nums[1].abs_diff(free) < 4 << 30, "free {} vs statvfs {free}", nums[1]);
+    assert!(
+        nums[0] >= rows * 8,
+        "needed {} < the source alone {}",
+        nums[0],
+        rows * 8
+    );
+    assert!(
+        nums[1] < nums[0] && nums[1].abs_diff(free) < 4 << 30,
+        "free {} vs statvfs {free}",
+        nums[1]
+    );
     // Nothing computed, nothing delivered (run_supervisor checked no segment and no worker).
     assert!(!out.join("manifest.json").exists());
     assert!(!out.join("sum").exists());
 }
 
 #[rstest]
-fn a_worker_writing_past_the_end_of_its_view_hits_the_guard_page(#[values(false, true)] persistent: bool) {
+fn a_worker_writing_past_the_end_of_its_view_hits_the_guard_page(
+    #[values(false, true)] persistent: bool,
+) {
     let clean = clean_hello();
     let mut v = matrix_dag("error", 0, "before_chunk", persistent);
     let e = &mut v["engines"][0];
@@ -630,7 +766,10 @@ fn a_worker_writing_past_the_end_of_its_view_hits_the_guard_page(#[values(false,
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0]["rows"], json!([640, 768]));
         assert_eq!(failed[0]["cause"], "signal");
-        assert!(failed[0]["message"].as_str().unwrap().contains("killed by SIGSEGV"));
+        assert!(failed[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("killed by SIGSEGV"));
         check_partial_outputs(&out, &m, 0, &[5]);
     }
 }
@@ -645,12 +784,18 @@ fn a_worker_overwriting_a_completed_neighbour_is_caught_and_repaired() {
     v["engines"][0]["workers"] = json!(1);
     let (_dir, out, f, m) = run_dag(&v, "neighbour", &[], Duration::from_secs(60));
     assert_eq!(f.code, 0, "{}", f.stderr);
-    assert_eq!(output_shas(&out, &m), clean.sha, "corruption reached the outputs");
+    assert_eq!(
+        output_shas(&out, &m),
+        clean.sha,
+        "corruption reached the outputs"
+    );
     let warnings = strs(&node(&m, "rate")["warnings"]);
     for k in 0..7 {
         let label = format!("chunk {k} (rows {}..{})", k * 128, (k + 1) * 128);
         assert!(
-            warnings.iter().any(|w| w.contains(&label) && w.contains("overwritten after it completed") && w.contains("restored from the journal")),
+            warnings.iter().any(|w| w.contains(&label)
+                && w.contains("overwritten after it completed")
+                && w.contains("restored from the journal")),
             "no repair reported for {label}: {warnings:#?}"
         );
     }
@@ -679,7 +824,10 @@ fn a_worker_scribbling_on_a_running_neighbour_is_not_silent() {
             got.to_bits()
         );
     } else {
-        assert_eq!(m["status"], "partial", "caught: the affected chunk is reported");
+        assert_eq!(
+            m["status"], "partial",
+            "caught: the affected chunk is reported"
+        );
     }
 }
 
@@ -701,7 +849,11 @@ fn sigkill_supervisor(mut child: std::process::Child) -> u32 {
     let pid = child.id();
     child.kill().unwrap();
     child.wait().unwrap();
-    wait_until(Duration::from_secs(5), "workers to follow their supervisor", || workers_of(pid).is_empty());
+    wait_until(
+        Duration::from_secs(5),
+        "workers to follow their supervisor",
+        || workers_of(pid).is_empty(),
+    );
     pid
 }
 
@@ -716,22 +868,39 @@ fn resume_after_the_supervisor_is_killed_on_a_hung_chunk_recomputes_only_that_ch
     let out = dir.join("out");
     // The fault lives in the first supervisor's environment, not in the DAG: same DAG bytes.
     let child = start_run(&dag, &out, &[], &[("ROGUE_HANG_CHUNK", "6")]);
-    wait_until(Duration::from_secs(60), "7 of rate's 8 chunks journaled", || journaled_chunks(&out, "rate") == 7);
+    wait_until(
+        Duration::from_secs(60),
+        "7 of rate's 8 chunks journaled",
+        || journaled_chunks(&out, "rate") == 7,
+    );
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(journaled_chunks(&out, "rate"), 7, "chunk 6 hangs");
     let first = sigkill_supervisor(child);
-    assert!(!segments_of(first).is_empty(), "a SIGKILLed supervisor cannot clean up");
+    assert!(
+        !segments_of(first).is_empty(),
+        "a SIGKILLed supervisor cannot clean up"
+    );
     assert_eq!(journaled_chunks(&out, "gross"), 0);
 
     let f = run_supervisor(
-        &["run", dag.to_str().unwrap(), "--out", out.to_str().unwrap(), "--resume"],
+        &[
+            "run",
+            dag.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--resume",
+        ],
         Duration::from_secs(60),
     );
     assert_eq!(f.code, 0, "{}", f.stderr);
     let m = f.manifest(&out);
     assert_eq!(m["status"], "succeeded");
     assert_eq!(m["resumed"], true);
-    assert_eq!(output_shas(&out, &m), clean.sha, "resumed outputs differ from an uninterrupted run");
+    assert_eq!(
+        output_shas(&out, &m),
+        clean.sha,
+        "resumed outputs differ from an uninterrupted run"
+    );
     let rate = node(&m, "rate");
     assert_eq!(rate["chunks"]["resumed"], 7);
     assert_eq!(rate["chunks"]["done"], 8);
@@ -740,10 +909,19 @@ fn resume_after_the_supervisor_is_killed_on_a_hung_chunk_recomputes_only_that_ch
     for (k, b) in bytes.iter().enumerate() {
         assert_eq!(*b > 0, k == 6, "chunk {k} control bytes {b}: {bytes:?}");
     }
-    assert_eq!(rate["worker_starts"], 1, "one worker for the one missing chunk");
+    assert_eq!(
+        rate["worker_starts"], 1,
+        "one worker for the one missing chunk"
+    );
     assert_eq!(node(&m, "gross")["chunks"]["resumed"], 0);
-    assert!(segments_of(first).is_empty(), "the next run removes a dead supervisor's segments");
-    assert!(!out.join(".livecalc").exists(), "the journal is removed once the run succeeded");
+    assert!(
+        segments_of(first).is_empty(),
+        "the next run removes a dead supervisor's segments"
+    );
+    assert!(
+        !out.join(".livecalc").exists(),
+        "the journal is removed once the run succeeded"
+    );
 }
 
 #[test]
@@ -757,23 +935,43 @@ fn resume_after_the_supervisor_is_killed_mid_run_is_byte_identical() {
     let rate_done = journaled_chunks(&out, "rate");
     let gross_done = journaled_chunks(&out, "gross");
     assert_eq!(rate_done, LONG_CHUNKS);
-    assert!(gross_done < LONG_CHUNKS, "killed too late to prove anything");
+    assert!(
+        gross_done < LONG_CHUNKS,
+        "killed too late to prove anything"
+    );
 
     let f = run_supervisor(
-        &["run", dag.to_str().unwrap(), "--out", out.to_str().unwrap(), "--resume"],
+        &[
+            "run",
+            dag.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--resume",
+        ],
         Duration::from_secs(120),
     );
     assert_eq!(f.code, 0, "{}", f.stderr);
     let m = f.manifest(&out);
     assert_eq!(m["resumed"], true);
-    assert_eq!(&output_shas(&out, &m), clean, "resumed outputs differ from an uninterrupted run");
+    assert_eq!(
+        &output_shas(&out, &m),
+        clean,
+        "resumed outputs differ from an uninterrupted run"
+    );
     let rate = node(&m, "rate");
     assert_eq!(rate["chunks"]["resumed"], LONG_CHUNKS as u64);
-    assert_eq!(rate["worker_starts"], 0, "nothing left to compute: no worker started");
+    assert_eq!(
+        rate["worker_starts"], 0,
+        "nothing left to compute: no worker started"
+    );
     let gross = node(&m, "gross");
     assert_eq!(gross["chunks"]["resumed"], gross_done as u64);
     let computed = per_chunk_bytes(gross).iter().filter(|&&b| b > 0).count();
-    assert_eq!(computed, LONG_CHUNKS - gross_done, "only the missing chunks are recomputed");
+    assert_eq!(
+        computed,
+        LONG_CHUNKS - gross_done,
+        "only the missing chunks are recomputed"
+    );
 }
 
 #[test]
@@ -789,17 +987,29 @@ fn resume_of_a_partial_run_recomputes_only_its_failed_chunks() {
     let dag = write_dag(dir.path(), &v);
     write_rogue_engine(dir.path());
     let out = dir.join("out");
-    let f = wait_supervisor(start_run(&dag, &out, &[], &[("ROGUE_FAIL_CHUNK", "3")]), Duration::from_secs(60));
+    let f = wait_supervisor(
+        start_run(&dag, &out, &[], &[("ROGUE_FAIL_CHUNK", "3")]),
+        Duration::from_secs(60),
+    );
     assert_eq!(f.code, 3, "{}", f.stderr);
     let m = f.manifest(&out);
     let failed = node(&m, "rate")["chunks"]["failed"].clone();
     assert_eq!(failed.as_array().unwrap().len(), 1);
     assert_eq!(failed[0]["rows"], json!([384, 512]));
     assert_eq!(failed[0]["cause"], "execution_error");
-    assert!(failed[0]["message"].as_str().unwrap().contains("rogue: chunk 3 is marked to fail"));
+    assert!(failed[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("rogue: chunk 3 is marked to fail"));
 
     let f = run_supervisor(
-        &["run", dag.to_str().unwrap(), "--out", out.to_str().unwrap(), "--resume"],
+        &[
+            "run",
+            dag.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--resume",
+        ],
         Duration::from_secs(60),
     );
     assert_eq!(f.code, 0, "{}", f.stderr);
@@ -818,7 +1028,10 @@ fn resume_of_a_partial_run_recomputes_only_its_failed_chunks() {
 
 fn sha_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[test]
@@ -836,24 +1049,48 @@ fn resume_with_a_different_dag_is_refused_and_keeps_the_journal() {
     let other_dag = write_dag(&other, &v);
     let new_hash = sha_hex(&std::fs::read(&other_dag).unwrap());
     let f = run_supervisor(
-        &["run", other_dag.to_str().unwrap(), "--out", out.to_str().unwrap(), "--resume"],
+        &[
+            "run",
+            other_dag.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--resume",
+        ],
         Duration::from_secs(30),
     );
     assert_eq!(f.code, 2, "{}", f.stderr);
     assert!(f.stderr.contains("cannot resume"), "{}", f.stderr);
     assert!(f.stderr.contains("different DAG"), "{}", f.stderr);
-    assert!(f.stderr.contains(&old_hash) && f.stderr.contains(&new_hash), "both hashes named: {}", f.stderr);
-    assert_eq!(journaled_chunks(&out, "gross"), journal, "a refused resume keeps the journal");
+    assert!(
+        f.stderr.contains(&old_hash) && f.stderr.contains(&new_hash),
+        "both hashes named: {}",
+        f.stderr
+    );
+    assert_eq!(
+        journaled_chunks(&out, "gross"),
+        journal,
+        "a refused resume keeps the journal"
+    );
 
     // A folder with no interrupted run in it.
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let f = run_supervisor(
-        &["run", other_dag.to_str().unwrap(), "--out", empty.to_str().unwrap(), "--resume"],
+        &[
+            "run",
+            other_dag.to_str().unwrap(),
+            "--out",
+            empty.to_str().unwrap(),
+            "--resume",
+        ],
         Duration::from_secs(30),
     );
     assert_eq!(f.code, 2, "{}", f.stderr);
-    assert!(f.stderr.contains("holds no interrupted run to resume"), "{}", f.stderr);
+    assert!(
+        f.stderr.contains("holds no interrupted run to resume"),
+        "{}",
+        f.stderr
+    );
 }
 
 #[test]
@@ -876,23 +1113,37 @@ fn resume_refuses_a_dag_whose_variables_now_expand_differently() {
     write_rogue_engine(dir.path());
     let out = dir.join("out");
     let f = wait_supervisor(
-        start_run(&dag, &out, &[], &[("LC_TEST_BOOK", "a.csv"), ("ROGUE_FAIL_CHUNK", "3")]),
+        start_run(
+            &dag,
+            &out,
+            &[],
+            &[("LC_TEST_BOOK", "a.csv"), ("ROGUE_FAIL_CHUNK", "3")],
+        ),
         Duration::from_secs(60),
     );
     assert_eq!(f.code, 3, "{}", f.stderr);
     // An uninterrupted run over b.csv, for reference.
     let reference = dir.join("reference");
-    let f = wait_supervisor(start_run(&dag, &reference, &[], &[("LC_TEST_BOOK", "b.csv")]), Duration::from_secs(60));
+    let f = wait_supervisor(
+        start_run(&dag, &reference, &[], &[("LC_TEST_BOOK", "b.csv")]),
+        Duration::from_secs(60),
+    );
     assert_eq!(f.code, 0, "{}", f.stderr);
     let want = output_shas(&reference, &f.manifest(&reference));
 
-    let f = wait_supervisor(start_run(&dag, &out, &["--resume"], &[("LC_TEST_BOOK", "b.csv")]), Duration::from_secs(60));
+    let f = wait_supervisor(
+        start_run(&dag, &out, &["--resume"], &[("LC_TEST_BOOK", "b.csv")]),
+        Duration::from_secs(60),
+    );
     if f.code == 2 {
         return; // refused: fine
     }
     assert_eq!(f.code, 0, "{}", f.stderr);
     let got = output_shas(&out, &f.manifest(&out));
-    assert_eq!(got, want, "resume accepted other inputs and delivered a mix of two runs");
+    assert_eq!(
+        got, want,
+        "resume accepted other inputs and delivered a mix of two runs"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -902,7 +1153,11 @@ fn resume_refuses_a_dag_whose_variables_now_expand_differently() {
 #[rstest]
 #[case::python(0, json!({"age_loading": 0.1}), "ConfigurationError: missing config key 'base_rate'")]
 #[case::cpp(1, json!({}), "ConfigurationError: Missing required_param")]
-fn configuration_errors_are_not_retried(#[case] engine: usize, #[case] config: Value, #[case] message: &str) {
+fn configuration_errors_are_not_retried(
+    #[case] engine: usize,
+    #[case] config: Value,
+    #[case] message: &str,
+) {
     let mut v = matrix_dag("error", engine, "initialize", true);
     let e = &mut v["engines"][engine];
     e.as_object_mut().unwrap().remove("faults");
@@ -912,12 +1167,20 @@ fn configuration_errors_are_not_retried(#[case] engine: usize, #[case] config: V
     assert_eq!(f.code, 3, "{}", f.stderr);
     let id = if engine == 0 { "rate" } else { "gross" };
     let n = node(&m, id);
-    assert_eq!(n["restarts"], 0, "a configuration error is the same on every try: {n:#}");
+    assert_eq!(
+        n["restarts"], 0,
+        "a configuration error is the same on every try: {n:#}"
+    );
     assert_eq!(n["worker_starts"], 2, "no replacement was started");
     assert_eq!(n["recoveries"], json!([]));
     let failed = n["chunks"]["failed"].as_array().unwrap();
     assert_eq!(failed.len(), 8);
-    assert!(failed.iter().all(|c| c["message"].as_str().unwrap().contains(message)), "{failed:#?}");
+    assert!(
+        failed
+            .iter()
+            .all(|c| c["message"].as_str().unwrap().contains(message)),
+        "{failed:#?}"
+    );
 }
 
 #[test]
@@ -930,20 +1193,29 @@ fn a_replacement_waits_for_its_backoff_delay() {
     assert_eq!(output_shas(&out, &m), clean.sha);
     let r = &node(&m, "gross")["recoveries"][0];
     let waited = r["ready_unix_ms"].as_f64().unwrap() - r["detected_unix_ms"].as_f64().unwrap();
-    assert!(waited >= 360.0, "replacement ready {waited:.1} ms after the failure; backoff is 400 ms ± 10%");
+    assert!(
+        waited >= 360.0,
+        "replacement ready {waited:.1} ms after the failure; backoff is 400 ms ± 10%"
+    );
 }
 
 #[rstest]
 #[case::within_window(60.0, false)]
 #[case::outside_window(0.001, true)]
-fn the_restart_limit_counts_restarts_within_its_window(#[case] window_s: f64, #[case] succeeds: bool) {
+fn the_restart_limit_counts_restarts_within_its_window(
+    #[case] window_s: f64,
+    #[case] succeeds: bool,
+) {
     let clean = clean_hello();
     let mut v = hello_dag();
     let e = &mut v["engines"][1];
     e["workers"] = json!(1);
     e["retry"] = json!({"max_attempts": 3, "initial_delay_ms": 1});
     e["restart_limit"] = json!({"max_restarts": 1, "window_s": window_s});
-    e["faults"] = json!([1, 3, 5].iter().map(|c| json!({"kind": "segfault", "chunk": c, "attempt": 1})).collect::<Vec<_>>());
+    e["faults"] = json!([1, 3, 5]
+        .iter()
+        .map(|c| json!({"kind": "segfault", "chunk": c, "attempt": 1}))
+        .collect::<Vec<_>>());
     let (_dir, out, f, m) = run_dag(&v, "limit", &[], Duration::from_secs(60));
     let n = node(&m, "gross");
     if succeeds {
@@ -954,7 +1226,10 @@ fn the_restart_limit_counts_restarts_within_its_window(#[case] window_s: f64, #[
         assert_eq!(f.code, 1, "{}", f.stderr);
         assert_eq!(n["status"], "failed");
         assert!(
-            n["error"].as_str().unwrap().contains("restart limit reached (1 restarts within 60 s)"),
+            n["error"]
+                .as_str()
+                .unwrap()
+                .contains("restart limit reached (1 restarts within 60 s)"),
             "{n:#}"
         );
         assert_eq!(n["restarts"], 1);
@@ -984,7 +1259,10 @@ fn retry_defaults_to_three_attempts_and_ten_restarts_a_minute(
     assert_eq!(n["restarts"], restarts);
     if phase == "initialize" {
         assert!(
-            failed[0]["message"].as_str().unwrap().contains("restart limit reached (10 restarts within 60 s)"),
+            failed[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("restart limit reached (10 restarts within 60 s)"),
             "{failed:#?}"
         );
         assert_eq!(n["worker_starts"], 11);
@@ -995,7 +1273,12 @@ fn retry_defaults_to_three_attempts_and_ten_restarts_a_minute(
 fn memory_limit_mb_is_each_workers_address_space_limit() {
     let clean = clean_hello();
     let mut v = hello_dag();
-    for (e, mb) in v["engines"].as_array_mut().unwrap().iter_mut().zip([512u64, 256]) {
+    for (e, mb) in v["engines"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .zip([512u64, 256])
+    {
         e["memory_limit_mb"] = json!(mb);
         e["workers"] = json!(1);
         e["retry"] = json!({"max_attempts": 2, "initial_delay_ms": 1});
@@ -1015,19 +1298,32 @@ fn memory_limit_mb_is_each_workers_address_space_limit() {
             !w.is_empty()
         });
         let limits = std::fs::read_to_string(format!("/proc/{}/limits", w[0])).unwrap();
-        let line = limits.lines().find(|l| l.starts_with("Max address space")).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max address space"))
+            .unwrap();
         let fields: Vec<&str> = line.split_whitespace().collect();
         let want = (mb << 20).to_string();
         assert_eq!(&fields[3..5], &[want.as_str(), want.as_str()], "{line}");
         // Wait for this worker to go before looking for the next node's.
-        wait_until(Duration::from_secs(30), "the hung worker to be replaced", || !workers_of(pid).contains(&w[0]));
+        wait_until(
+            Duration::from_secs(30),
+            "the hung worker to be replaced",
+            || !workers_of(pid).contains(&w[0]),
+        );
     }
     let f = wait_supervisor(child, Duration::from_secs(60));
     assert_eq!(f.code, 0, "{}", f.stderr);
     let m = f.manifest(&out);
     assert_eq!(output_shas(&out, &m), clean.sha);
     for id in ["rate", "gross"] {
-        check_recoveries(node(&m, id), 1, "timeout", "timed out after 2.0 s", json!(0));
+        check_recoveries(
+            node(&m, id),
+            1,
+            "timeout",
+            "timed out after 2.0 s",
+            json!(0),
+        );
     }
 }
 
@@ -1040,7 +1336,12 @@ fn livecalc_faults_in_the_supervisors_environment_reach_its_workers() {
         e["retry"] = json!({"max_attempts": 2, "initial_delay_ms": 1});
     }
     let faults = r#"[{"kind": "error", "chunk": 2}]"#;
-    let (_dir, _out, f, m) = run_dag(&v, "faults-env", &[("LIVECALC_FAULTS", faults)], Duration::from_secs(60));
+    let (_dir, _out, f, m) = run_dag(
+        &v,
+        "faults-env",
+        &[("LIVECALC_FAULTS", faults)],
+        Duration::from_secs(60),
+    );
     assert_eq!(f.code, 3, "the fault never fired: {}", f.stderr);
     let failed = &node(&m, "rate")["chunks"]["failed"];
     assert_eq!(failed[0]["index"], 2);
@@ -1056,12 +1357,20 @@ fn a_node_consuming_a_partial_input_does_not_claim_complete_outputs() {
     let (_dir, out, f, m) = run_dag(&v, "partial-input", &[], Duration::from_secs(60));
     assert_eq!(f.code, 3, "{}", f.stderr);
     assert_eq!(node(&m, "rate")["status"], "partial");
-    assert_eq!(node(&m, "gross")["status"], "partial", "gross read a partial input");
+    assert_eq!(
+        node(&m, "gross")["status"],
+        "partial",
+        "gross read a partial input"
+    );
     for file in ["gross/taxed.parquet", "gross/totals.parquet"] {
         let o = output(&m, file).unwrap();
         assert_eq!(o["complete"], false, "{file}: {o:#}");
         assert_eq!(o["missing_rows"], json!([[640, 768]]), "{file}: {o:#}");
     }
     let taxed = read_parquet(&out.join("gross/taxed.parquet"));
-    assert_eq!(i64_column(&taxed, "policy_id"), without(&clean.ids, 640, 768), "no fabricated rows");
+    assert_eq!(
+        i64_column(&taxed, "policy_id"),
+        without(&clean.ids, 640, 768),
+        "no fabricated rows"
+    );
 }

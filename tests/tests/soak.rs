@@ -84,7 +84,13 @@ fn label(kind: &str) -> &'static str {
 
 /// The fault that ends attempt `attempt` of chunk `c`, as the worker host chooses it: the first
 /// firing `before_chunk` fault, else the first firing `after_chunk` fault.
-fn striking(run: u64, node: usize, faults: &[(&str, &str, f64)], c: u64, attempt: u32) -> Option<&'static str> {
+fn striking(
+    run: u64,
+    node: usize,
+    faults: &[(&str, &str, f64)],
+    c: u64,
+    attempt: u32,
+) -> Option<&'static str> {
     for phase in ["before_chunk", "after_chunk"] {
         for (k, (kind, ph, p)) in faults.iter().enumerate() {
             if *ph == phase && fault_draw(seed(run, node, k), c, attempt) < *p {
@@ -97,10 +103,16 @@ fn striking(run: u64, node: usize, faults: &[(&str, &str, f64)], c: u64, attempt
 
 /// Chunks of a node that fail every attempt, with the cause of the last.
 fn predicted_failures(run: u64, node: usize) -> BTreeMap<u64, &'static str> {
-    let faults: &[(&str, &str, f64)] = if node == 0 { &RATE_FAULTS } else { &GROSS_FAULTS };
+    let faults: &[(&str, &str, f64)] = if node == 0 {
+        &RATE_FAULTS
+    } else {
+        &GROSS_FAULTS
+    };
     let mut out = BTreeMap::new();
     for c in 0..CHUNKS {
-        let causes: Vec<Option<&str>> = (1..=ATTEMPTS).map(|a| striking(run, node, faults, c, a)).collect();
+        let causes: Vec<Option<&str>> = (1..=ATTEMPTS)
+            .map(|a| striking(run, node, faults, c, a))
+            .collect();
         if causes.iter().all(Option::is_some) {
             out.insert(c, causes[ATTEMPTS as usize - 1].unwrap());
         }
@@ -119,7 +131,15 @@ fn run(v: &Value, tag: &str) -> (TempDir, Finished, Value) {
     let dir = TempDir::new(tag);
     let path = write_dag(dir.path(), v);
     let out = dir.join("out");
-    let f = run_supervisor(&["run", path.to_str().unwrap(), "--out", out.to_str().unwrap()], Duration::from_secs(120));
+    let f = run_supervisor(
+        &[
+            "run",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
     let m = f.manifest(&out);
     (dir, f, m)
 }
@@ -144,7 +164,11 @@ fn check_failed(n: &Value, want: &BTreeMap<u64, &str>, ctx: &str) {
         .map(|c| {
             (
                 c["index"].as_u64().unwrap(),
-                (c["cause"].as_str().unwrap().to_string(), c["rows"].clone(), c["attempts"].as_u64().unwrap()),
+                (
+                    c["cause"].as_str().unwrap().to_string(),
+                    c["rows"].clone(),
+                    c["attempts"].as_u64().unwrap(),
+                ),
             )
         })
         .collect();
@@ -203,7 +227,11 @@ fn soak_random_faults_at_fixed_seeds() {
             assert_eq!(f.code, 0, "{ctx}");
             assert_eq!(m["status"], "succeeded");
             check_failed(gross, &gross_fails, &ctx);
-            assert_eq!(output_shas(&out, &m), clean.sha, "outputs differ from the clean run: {ctx}");
+            assert_eq!(
+                output_shas(&out, &m),
+                clean.sha,
+                "outputs differ from the clean run: {ctx}"
+            );
             continue;
         }
         partial += 1;
@@ -214,20 +242,40 @@ fn soak_random_faults_at_fixed_seeds() {
             assert_eq!(rate["status"], "partial");
             check_output(&m, "rate/priced.parquet", &rate_fails);
             let priced = read_parquet(&out.join("rate/priced.parquet"));
-            assert_eq!(i64_column(&priced, "policy_id"), keep(&clean.ids, &rate_fails), "{ctx}");
-            assert_eq!(f64_column(&priced, "premium"), keep(&clean.premium, &rate_fails), "{ctx}");
+            assert_eq!(
+                i64_column(&priced, "policy_id"),
+                keep(&clean.ids, &rate_fails),
+                "{ctx}"
+            );
+            assert_eq!(
+                f64_column(&priced, "premium"),
+                keep(&clean.premium, &rate_fails),
+                "{ctx}"
+            );
             assert_eq!(gross["status"], "cancelled", "{ctx}");
             assert!(!out.join("gross/taxed.parquet").exists());
         } else {
             failed_chunks += gross_fails.len();
             check_failed(gross, &gross_fails, &ctx);
             assert_eq!(rate["status"], "succeeded");
-            assert_eq!(file_sha(&out.join("rate/priced.parquet")), clean.sha["rate/priced.parquet"], "{ctx}");
+            assert_eq!(
+                file_sha(&out.join("rate/priced.parquet")),
+                clean.sha["rate/priced.parquet"],
+                "{ctx}"
+            );
             check_output(&m, "gross/taxed.parquet", &gross_fails);
             check_output(&m, "gross/totals.parquet", &gross_fails);
             let taxed = read_parquet(&out.join("gross/taxed.parquet"));
-            assert_eq!(i64_column(&taxed, "policy_id"), keep(&clean.ids, &gross_fails), "{ctx}");
-            assert_eq!(f64_column(&taxed, "gross_premium"), keep(&clean.gross, &gross_fails), "{ctx}");
+            assert_eq!(
+                i64_column(&taxed, "policy_id"),
+                keep(&clean.ids, &gross_fails),
+                "{ctx}"
+            );
+            assert_eq!(
+                f64_column(&taxed, "gross_premium"),
+                keep(&clean.gross, &gross_fails),
+                "{ctx}"
+            );
             let total = clean
                 .gross
                 .chunks(CHUNK as usize)
@@ -237,14 +285,25 @@ fn soak_random_faults_at_fixed_seeds() {
                 .fold(0.0, |a, b| a + b);
             let totals = read_parquet(&out.join("gross/totals.parquet"));
             assert_eq!(f64_column(&totals, "gross_premium"), vec![total], "{ctx}");
-            let covered = ROWS - gross_fails.keys().map(|&c| rows_of(c)[1] - rows_of(c)[0]).sum::<u64>();
-            assert_eq!(f64_column(&totals, "policies"), vec![covered as f64], "{ctx}");
+            let covered = ROWS
+                - gross_fails
+                    .keys()
+                    .map(|&c| rows_of(c)[1] - rows_of(c)[0])
+                    .sum::<u64>();
+            assert_eq!(
+                f64_column(&totals, "policies"),
+                vec![covered as f64],
+                "{ctx}"
+            );
         }
     }
     eprintln!(
         "soak: {RUNS} runs in {:.1} s: {succeeded} byte-identical, {partial} partial ({failed_chunks} failed chunks, all predicted), {restarts} worker restarts",
         t0.elapsed().as_secs_f64()
     );
-    assert!(succeeded > 0 && partial > 0, "the seeds should exercise both outcomes");
+    assert!(
+        succeeded > 0 && partial > 0,
+        "the seeds should exercise both outcomes"
+    );
     assert!(restarts >= RUNS, "faults fired");
 }

@@ -28,9 +28,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     format!("{cpu}, {cores} cores")
 }
 
@@ -73,7 +79,12 @@ fn tables() -> Tables {
         "expenses": { "acquisition": 300, "maintenance": 60, "premium_rate": 0.02, "per_claim": 100, "inflation": 0.02 },
         "commission": { "first_year_rate": 0.4, "renewal_rate": 0.03 },
     });
-    Tables { _dir: dir, config, mortality, lapse }
+    Tables {
+        _dir: dir,
+        config,
+        mortality,
+        lapse,
+    }
 }
 
 fn with(mut base: Value, extra: Value) -> Value {
@@ -99,7 +110,15 @@ type Views = Vec<(OwnedView, OwnedView)>;
 
 fn views(b: &Book, scen: &Scenarios, outs: &[OutCol], chunk: usize) -> Views {
     (0..b.len().div_ceil(chunk))
-        .map(|k| chunk_views(b, scen, outs, k as u64, k * chunk..((k + 1) * chunk).min(b.len())))
+        .map(|k| {
+            chunk_views(
+                b,
+                scen,
+                outs,
+                k as u64,
+                k * chunk..((k + 1) * chunk).min(b.len()),
+            )
+        })
         .collect()
 }
 
@@ -126,7 +145,14 @@ fn one_core(config: &Value, v: &mut Views, reps: usize) -> (f64, f64) {
 }
 
 /// Two engines on two threads pulling chunks from one counter; returns the median wall time.
-fn two_cores(config: &Value, b: &Book, scen: &Scenarios, outs: &[OutCol], chunk: usize, reps: usize) -> f64 {
+fn two_cores(
+    config: &Value,
+    b: &Book,
+    scen: &Scenarios,
+    outs: &[OutCol],
+    chunk: usize,
+    reps: usize,
+) -> f64 {
     let per_thread: Vec<Views> = (0..2).map(|_| views(b, scen, outs, chunk)).collect();
     let chunks = per_thread[0].len();
     let barrier = Barrier::new(3);
@@ -175,16 +201,47 @@ struct Scalar {
 
 impl Scalar {
     fn new(t: &Tables, m: usize) -> Scalar {
-        let conv = |a: f64| if m == 1 { a } else { 1.0 - (1.0 - a).powf(1.0 / m as f64) };
+        let conv = |a: f64| {
+            if m == 1 {
+                a
+            } else {
+                1.0 - (1.0 - a).powf(1.0 / m as f64)
+            }
+        };
         let mt = &t.mortality;
-        let q = (0..2).map(|s| mt.q[s].iter().map(|row| row.iter().map(|&a| conv(a)).collect()).collect()).collect();
-        Scalar { m, q, cols: mt.cols, min_age: mt.min_age, w: t.lapse.iter().map(|&a| conv(a)).collect() }
+        let q = (0..2)
+            .map(|s| {
+                mt.q[s]
+                    .iter()
+                    .map(|row| row.iter().map(|&a| conv(a)).collect())
+                    .collect()
+            })
+            .collect();
+        Scalar {
+            m,
+            q,
+            cols: mt.cols,
+            min_age: mt.min_age,
+            w: t.lapse.iter().map(|&a| conv(a)).collect(),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn run(&self, b: &Book, d: &[f64], r: &[f64], s: usize, t_cols: usize, dynamic: bool, out: &mut [f64]) {
-        let (acq, maint, pct, per_claim, infl) = (300.0, 60.0 / self.m as f64, 0.02, 100.0, 0.02f64);
-        let inflation: Vec<f64> = (0..t_cols).map(|t| (1.0 + infl).powf(t as f64 / self.m as f64)).collect();
+    fn run(
+        &self,
+        b: &Book,
+        d: &[f64],
+        r: &[f64],
+        s: usize,
+        t_cols: usize,
+        dynamic: bool,
+        out: &mut [f64],
+    ) {
+        let (acq, maint, pct, per_claim, infl) =
+            (300.0, 60.0 / self.m as f64, 0.02, 100.0, 0.02f64);
+        let inflation: Vec<f64> = (0..t_cols)
+            .map(|t| (1.0 + infl).powf(t as f64 / self.m as f64))
+            .collect();
         for i in 0..b.len() {
             let p = b.get(i);
             let n = 12 * p.term as usize * self.m / 12;
@@ -217,7 +274,9 @@ impl Scalar {
 
 /// `LIVECALC_BENCH=1,4 cargo bench ...` runs only the listed sections (for profiling).
 fn wanted(section: u32) -> bool {
-    std::env::var("LIVECALC_BENCH").map_or(true, |v| v.split(',').any(|s| s.trim() == section.to_string()))
+    std::env::var("LIVECALC_BENCH").map_or(true, |v| {
+        v.split(',').any(|s| s.trim() == section.to_string())
+    })
 }
 
 fn main() {
@@ -234,7 +293,11 @@ fn main() {
         let (wall, inner) = one_core(&t.config, &mut v, 41);
         let steps: usize = (0..b.len()).map(|i| 12 * b.policy_term[i] as usize).sum();
         println!("1. deterministic monthly term book, 10,000 policies x 1 scenario ({:.2}M policy-steps)", steps as f64 / 1e6);
-        println!("   engine {:.2} ms (runChunk's own clock {:.2} ms)    target <= 5 ms", wall * 1e3, inner * 1e3);
+        println!(
+            "   engine {:.2} ms (runChunk's own clock {:.2} ms)    target <= 5 ms",
+            wall * 1e3,
+            inner * 1e3
+        );
     }
 
     // 2./3. Monthly 20-year book, 10,000 policies x 1,000 scenarios x 240 steps.
@@ -242,15 +305,26 @@ fn main() {
     let esg = Scenarios::random_esg(&mut rng, 1000, 240, 12);
     let pss = 10_000.0 * 1000.0 * 240.0;
     if wanted(2) {
-        let cfg = with(t.config.clone(), json!({ "dynamic_lapse": { "k": 3.0, "r_ref": 0.03, "lo": 0.5, "hi": 2.0 } }));
+        let cfg = with(
+            t.config.clone(),
+            json!({ "dynamic_lapse": { "k": 3.0, "r_ref": 0.03, "lo": 0.5, "hi": 2.0 } }),
+        );
         let outs = pv_outputs(1000);
         let mut v = views(&b, &esg, &outs, 1000);
         let (one, _) = one_core(&cfg, &mut v, 3);
         drop(v);
         let two = two_cores(&cfg, &b, &esg, &outs, 1000, 5);
         println!("\n2. dynamic lapse, 10,000 policies x 1,000 scenarios x 240 monthly steps (chunks of 1,000)");
-        println!("   1 core  {:.3} s  = {:.2e} policy-scenario-steps/s", one, pss / one);
-        println!("   2 cores {:.3} s  = {:.2e} policy-scenario-steps/s    target <= 0.5 s, >= 3.5e9/s", two, pss / two);
+        println!(
+            "   1 core  {:.3} s  = {:.2e} policy-scenario-steps/s",
+            one,
+            pss / one
+        );
+        println!(
+            "   2 cores {:.3} s  = {:.2e} policy-scenario-steps/s    target <= 0.5 s, >= 3.5e9/s",
+            two,
+            pss / two
+        );
         for simd in ["avx2", "sse2"] {
             let mut v = views(&b, &esg, &outs, 1000);
             let (w, _) = one_core(&with(cfg.clone(), json!({ "simd": simd })), &mut v, 1);
@@ -264,26 +338,47 @@ fn main() {
         drop(v);
         let two = two_cores(&t.config, &b, &esg, &outs, 1000, 11);
         println!("\n3. scenario-independent decrements, 10,000 x 1,000 x 240 (project once, discount chunk totals)");
-        println!("   1 core  {:.1} ms, 2 cores {:.1} ms    target <= 100 ms", one * 1e3, two * 1e3);
+        println!(
+            "   1 core  {:.1} ms, 2 cores {:.1} ms    target <= 100 ms",
+            one * 1e3,
+            two * 1e3
+        );
         let mut with_ps = outs.clone();
         with_ps.push(col("policy_scenario.pv_net_cf", Shape::RowsBy(1000)));
         let mut v = views(&b, &esg, &with_ps, 1000);
         let (w, _) = one_core(&t.config, &mut v, 3);
-        println!("   with the optional policy x scenario output (10M PVs): {:.0} ms on 1 core", w * 1e3);
+        println!(
+            "   with the optional policy x scenario output (10M PVs): {:.0} ms on 1 core",
+            w * 1e3
+        );
     }
 
     // 4. Annual, 10,000 policies x 1,000 scenarios, terms 10-30 years: engine vs plain loop.
     if wanted(4) {
         let b = book(&mut rng, 10_000, TERM, 10, 30);
         let esg = Scenarios::random_esg(&mut rng, 1000, 30, 1);
-        let Scenarios::Esg { df, short_rate, cols, .. } = &esg else { unreachable!() };
+        let Scenarios::Esg {
+            df,
+            short_rate,
+            cols,
+            ..
+        } = &esg
+        else {
+            unreachable!()
+        };
         let annual = with(t.config.clone(), json!({ "timestep": "annual" }));
-        let dynamic = with(annual.clone(), json!({ "dynamic_lapse": { "k": 3.0, "r_ref": 0.03, "lo": 0.5, "hi": 2.0 } }));
+        let dynamic = with(
+            annual.clone(),
+            json!({ "dynamic_lapse": { "k": 3.0, "r_ref": 0.03, "lo": 0.5, "hi": 2.0 } }),
+        );
         let outs = pv_outputs(1000);
         let projections = 10_000.0 * 1000.0;
         let scalar = Scalar::new(&t, 1);
         let mut results = Vec::new();
-        for (label, cfg, dyn_on) in [("dynamic lapse", &dynamic, true), ("static decrements", &annual, false)] {
+        for (label, cfg, dyn_on) in [
+            ("dynamic lapse", &dynamic, true),
+            ("static decrements", &annual, false),
+        ] {
             let mut v = views(&b, &esg, &outs, 1000);
             let (eng, _) = one_core(cfg, &mut v, 5);
             let engine_net: Vec<f64> = {
@@ -300,11 +395,23 @@ fn main() {
             for _ in 0..3 {
                 plain.iter_mut().for_each(|x| *x = 0.0);
                 let t0 = Instant::now();
-                scalar.run(&b, df, short_rate.as_ref().unwrap(), 1000, *cols, dyn_on, &mut plain);
+                scalar.run(
+                    &b,
+                    df,
+                    short_rate.as_ref().unwrap(),
+                    1000,
+                    *cols,
+                    dyn_on,
+                    &mut plain,
+                );
                 times.push(t0.elapsed().as_secs_f64());
             }
             let loop_s = median(times);
-            let worst = engine_net.iter().zip(&plain).map(|(a, b)| ((a - b) / b.abs().max(1.0)).abs()).fold(0.0, f64::max);
+            let worst = engine_net
+                .iter()
+                .zip(&plain)
+                .map(|(a, b)| ((a - b) / b.abs().max(1.0)).abs())
+                .fold(0.0, f64::max);
             results.push((label, eng, loop_s, worst));
         }
         println!("\n4. annual, 10,000 policies x 1,000 scenarios, terms 10-30 years: engine vs a plain scalar loop");
@@ -327,12 +434,19 @@ fn main() {
         let mut e = engine("cpp_projection", &t.config).unwrap();
         let mut times = Vec::new();
         for k in 0..200 {
-            let cfg = with(t.config.clone(), json!({ "multipliers": { "mortality": 1.0 + k as f64 * 1e-3 } })).to_string();
+            let cfg = with(
+                t.config.clone(),
+                json!({ "multipliers": { "mortality": 1.0 + k as f64 * 1e-3 } }),
+            )
+            .to_string();
             let t0 = Instant::now();
             e.initialize(&cfg, None).unwrap();
             times.push(t0.elapsed().as_secs_f64());
         }
-        println!("\n5. re-initialize with a new multiplier (cached tables): {:.0} us", median(times) * 1e6);
+        println!(
+            "\n5. re-initialize with a new multiplier (cached tables): {:.0} us",
+            median(times) * 1e6
+        );
     }
 
     // 6. The dynamic-lapse run through the real supervisor: two worker processes, the bus, the
@@ -346,7 +460,10 @@ fn main() {
 /// dynamic lapse and runs it with `livecalc-supervisor run`, reading the node's times from the
 /// manifest.
 fn through_supervisor(t: &Tables) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let supervisor = root.join("target/release/livecalc-supervisor");
     println!("\n6. through the supervisor: dynamic lapse, 10,000 x 1,000 x 240, 2 workers, chunks of 1,000");
     if !supervisor.exists() {
@@ -355,10 +472,16 @@ fn through_supervisor(t: &Tables) {
     }
     let dir = TempDir::new("bench-dag");
     let mut rng = Rng::new(77);
-    let mut mp = String::from("policy_id,age_at_entry,sex,policy_term,sum_assured,product,premium\n");
+    let mut mp =
+        String::from("policy_id,age_at_entry,sex,policy_term,sum_assured,product,premium\n");
     for i in 0..10_000 {
         let sex = if rng.uniform() < 0.5 { "M" } else { "F" };
-        mp.push_str(&format!("{i},{},{sex},20,{:.0},term,{:.2}\n", rng.int(20, 60), rng.range(2e4, 5e5), rng.range(200.0, 3000.0)));
+        mp.push_str(&format!(
+            "{i},{},{sex},20,{:.0},term,{:.2}\n",
+            rng.int(20, 60),
+            rng.range(2e4, 5e5),
+            rng.range(200.0, 3000.0)
+        ));
     }
     dir.write("model_points.csv", &mp);
     let mut paths = String::from("scenario_id,year,rate\n");
@@ -372,8 +495,15 @@ fn through_supervisor(t: &Tables) {
     dir.write("paths.csv", &paths);
     let mut config = t.config.clone();
     config["dynamic_lapse"] = json!({ "k": 3.0, "r_ref": 0.03, "lo": 0.5, "hi": 2.0 });
-    let comps: serde_json::Map<String, Value> =
-        COMPS.iter().map(|c| (c.to_string(), json!({ "dtype": "float64", "shape": [1000] }))).collect();
+    let comps: serde_json::Map<String, Value> = COMPS
+        .iter()
+        .map(|c| {
+            (
+                c.to_string(),
+                json!({ "dtype": "float64", "shape": [1000] }),
+            )
+        })
+        .collect();
     let mut per_policy = serde_json::Map::new();
     per_policy.insert("policy_id".into(), json!("int64"));
     for c in COMPS {
@@ -413,7 +543,9 @@ fn through_supervisor(t: &Tables) {
             println!("   the supervisor failed ({status}); see {}", dag_path);
             return;
         }
-        let manifest: Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+        let manifest: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
+                .unwrap();
         let timings = &manifest["nodes"][0]["timings"];
         if rep > 0 {
             node.push(timings["wall_ms"].as_f64().unwrap_or(f64::NAN) / 1e3);
@@ -424,5 +556,8 @@ fn through_supervisor(t: &Tables) {
     let pss = 10_000.0 * 1000.0 * 240.0;
     let n = median(node);
     println!("   projection node {:.3} s wall = {:.2e} policy-scenario-steps/s (engine time summed over chunks {:.3} s)", n, pss / n, median(engine));
-    println!("   whole run, process start to Parquet files written: {:.3} s    target <= 0.5 s", median(total));
+    println!(
+        "   whole run, process start to Parquet files written: {:.3} s    target <= 0.5 s",
+        median(total)
+    );
 }

@@ -7,7 +7,9 @@
 
 use livecalc_protocol::{EngineError, EngineErrorKind};
 
-#[allow(missing_debug_implementations)]
+// cxx generates the wrappers; the safety contract of `run_chunk` is documented on its
+// declaration below, which clippy cannot see through the macro.
+#[allow(missing_debug_implementations, clippy::missing_safety_doc)]
 #[cxx::bridge(namespace = "livecalc::bridge")]
 mod sys {
     struct BridgeInfo {
@@ -69,7 +71,9 @@ pub use sys::{ConfigEntry, EngineHandle};
 /// hierarchy.
 pub fn engine_error(e: &cxx::Exception) -> EngineError {
     let text = e.what();
-    let (class, message) = text.split_once('\x1f').unwrap_or(("UnknownException", text));
+    let (class, message) = text
+        .split_once('\x1f')
+        .unwrap_or(("UnknownException", text));
     let kind = match class {
         "ConfigurationError" => EngineErrorKind::Configuration,
         "InitializationError" => EngineErrorKind::Initialization,

@@ -119,9 +119,10 @@ impl Engine for PyEngine {
             // them (numpy arrays derived from them are dropped by `_host.run_chunk`).
             let views = (|| -> PyResult<_> {
                 let inp = match input {
-                    // SAFETY: see above.
                     Some(b) => {
-                        Some(unsafe { embed::memoryview(py, b.ptr.cast_mut(), b.len, false)? })
+                        // SAFETY: see above; the input memoryview is created read-only.
+                        let mv = unsafe { embed::memoryview(py, b.ptr.cast_mut(), b.len, false)? };
+                        Some(mv)
                     }
                     None => None,
                 };

@@ -52,9 +52,13 @@ fn main() {
     writeln!(w, "policy_id,age_at_entry,sex,policy_term,sum_assured,product,policy_count,premium,duration_mth").unwrap();
     for id in 1..=policies {
         let age = s.between(20, 60);
-        let sex = if s.next() % 2 == 0 { "M" } else { "F" };
+        let sex = if s.next().is_multiple_of(2) { "M" } else { "F" };
         let product = &products[(s.next() % products.len() as u64) as usize];
-        let term = if product == "whole_life" { 0 } else { s.between(10, 20) };
+        let term = if product == "whole_life" {
+            0
+        } else {
+            s.between(10, 20)
+        };
         let sum_assured = s.between(20, 500) * 1000;
         let count = s.between(1, 20);
         // A plausible annual premium per policy; the solver finds the multiplier that makes it
@@ -65,6 +69,10 @@ fn main() {
             _ => 0.012 * (1.0 + (age as f64 - 20.0) * 0.05),
         };
         let premium = (sum_assured as f64 * rate * 100.0).round() / 100.0;
-        writeln!(w, "{id},{age},{sex},{term},{sum_assured},{product},{count},{premium:.2},0").unwrap();
+        writeln!(
+            w,
+            "{id},{age},{sex},{term},{sum_assured},{product},{count},{premium:.2},0"
+        )
+        .unwrap();
     }
 }

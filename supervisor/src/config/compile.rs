@@ -150,8 +150,14 @@ fn resolved_identity(expanded: &Value, dag: &Dag) -> String {
     h.update(expanded.to_string().as_bytes());
     let mut named = Vec::new();
     strings(expanded, &mut named);
-    let mut files: Vec<std::path::PathBuf> = dag.sources.iter().filter_map(|s| s.path.clone()).collect();
-    files.extend(named.iter().map(|s| dag.dir.join(s)).filter(|p| p.is_file()));
+    let mut files: Vec<std::path::PathBuf> =
+        dag.sources.iter().filter_map(|s| s.path.clone()).collect();
+    files.extend(
+        named
+            .iter()
+            .map(|s| dag.dir.join(s))
+            .filter(|p| p.is_file()),
+    );
     files.sort();
     files.dedup();
     for f in files {

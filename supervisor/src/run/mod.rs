@@ -738,7 +738,9 @@ impl Run<'_> {
         };
         let j = self.node_index(up);
         if self.nodes[j].status != NodeStatus::Partial
-            || self.dag.nodes[j].output(output).is_some_and(|o| o.reduce.is_some())
+            || self.dag.nodes[j]
+                .output(output)
+                .is_some_and(|o| o.reduce.is_some())
         {
             return;
         }

@@ -108,7 +108,16 @@ pub struct P {
 
 impl Default for P {
     fn default() -> P {
-        P { age: 40, sex: 0, term: 10, sa: 100_000.0, product: TERM, count: 1.0, premium: 1_000.0, dur: 0 }
+        P {
+            age: 40,
+            sex: 0,
+            term: 10,
+            sa: 100_000.0,
+            product: TERM,
+            count: 1.0,
+            premium: 1_000.0,
+            dur: 0,
+        }
     }
 }
 
@@ -189,14 +198,29 @@ impl Book {
 #[derive(Debug, Clone)]
 pub enum Scenarios {
     /// ESG output: discount factors [s, cols] at the ESG's step boundaries, optional short rate.
-    Esg { s: usize, cols: usize, df: Vec<f64>, short_rate: Option<Vec<f64>> },
-    Curve { year: Vec<i64>, spot: Vec<f64> },
-    Paths { scenario_id: Vec<i64>, year: Vec<i64>, rate: Vec<f64> },
+    Esg {
+        s: usize,
+        cols: usize,
+        df: Vec<f64>,
+        short_rate: Option<Vec<f64>>,
+    },
+    Curve {
+        year: Vec<i64>,
+        spot: Vec<f64>,
+    },
+    Paths {
+        scenario_id: Vec<i64>,
+        year: Vec<i64>,
+        rate: Vec<f64>,
+    },
 }
 
 impl Scenarios {
     pub fn flat_curve(rate: f64, years: usize) -> Scenarios {
-        Scenarios::Curve { year: (0..years as i64).collect(), spot: vec![rate; years] }
+        Scenarios::Curve {
+            year: (0..years as i64).collect(),
+            spot: vec![rate; years],
+        }
     }
 
     pub fn count(&self) -> usize {
@@ -214,7 +238,12 @@ impl Scenarios {
 
     pub fn columns(&self) -> Vec<ColumnData> {
         match self {
-            Scenarios::Esg { s, cols, df, short_rate } => {
+            Scenarios::Esg {
+                s,
+                cols,
+                df,
+                short_rate,
+            } => {
                 let shape = [*s as u64, *cols as u64];
                 let mut c = vec![ColumnData::new("scenarios.discount_factor", &shape, df)];
                 if let Some(r) = short_rate {
@@ -224,9 +253,16 @@ impl Scenarios {
             }
             Scenarios::Curve { year, spot } => {
                 let n = [year.len() as u64];
-                vec![ColumnData::new("curve.year", &n, year), ColumnData::new("curve.spot", &n, spot)]
+                vec![
+                    ColumnData::new("curve.year", &n, year),
+                    ColumnData::new("curve.spot", &n, spot),
+                ]
             }
-            Scenarios::Paths { scenario_id, year, rate } => {
+            Scenarios::Paths {
+                scenario_id,
+                year,
+                rate,
+            } => {
                 let n = [year.len() as u64];
                 vec![
                     ColumnData::new("paths.scenario_id", &n, scenario_id),
@@ -254,7 +290,12 @@ impl Scenarios {
                 r += 0.3 * (0.035 - r) * dt + 0.01 * dt.sqrt() * (rng.uniform() - 0.5) * 3.4;
             }
         }
-        Scenarios::Esg { s, cols, df, short_rate: Some(sr) }
+        Scenarios::Esg {
+            s,
+            cols,
+            df,
+            short_rate: Some(sr),
+        }
     }
 }
 
@@ -278,13 +319,37 @@ pub struct OutCol {
 }
 
 pub fn col(name: &str, shape: Shape) -> OutCol {
-    let dtype = if name.ends_with(".policy_id") { DType::Int64 } else { DType::Float64 };
-    OutCol { name: name.to_string(), shape, dtype }
+    let dtype = if name.ends_with(".policy_id") {
+        DType::Int64
+    } else {
+        DType::Float64
+    };
+    OutCol {
+        name: name.to_string(),
+        shape,
+        dtype,
+    }
 }
 
-pub const COMPS: [&str; 6] = ["pv_net_cf", "pv_premiums", "pv_claims", "pv_expenses", "pv_commissions", "pv_maturities"];
-pub const CF_COLS: [&str; 9] =
-    ["premiums", "claims", "expenses", "commissions", "maturities", "net_cf", "in_force", "deaths", "lapses"];
+pub const COMPS: [&str; 6] = [
+    "pv_net_cf",
+    "pv_premiums",
+    "pv_claims",
+    "pv_expenses",
+    "pv_commissions",
+    "pv_maturities",
+];
+pub const CF_COLS: [&str; 9] = [
+    "premiums",
+    "claims",
+    "expenses",
+    "commissions",
+    "maturities",
+    "net_cf",
+    "in_force",
+    "deaths",
+    "lapses",
+];
 
 /// Every output the engine offers: per_scenario and per_policy components, policy x scenario
 /// net PV, and `cf_steps` steps of cash flows.
@@ -315,7 +380,9 @@ pub struct Results {
 
 impl Results {
     pub fn f(&self, name: &str) -> &[f64] {
-        self.f.get(name).unwrap_or_else(|| panic!("no output {name}"))
+        self.f
+            .get(name)
+            .unwrap_or_else(|| panic!("no output {name}"))
     }
     pub fn one(&self, name: &str) -> f64 {
         let v = self.f(name);
@@ -355,15 +422,36 @@ impl Evaluator for NoSupervisor {
 }
 
 /// Run one view pair through the engine.
-pub fn run_view(e: &mut CppEngine, input: &OwnedView, output: &mut OwnedView) -> Result<ExecutionResult, EngineError> {
-    let ib = InputBuffer { ptr: input.as_ptr(), len: input.len() };
-    let ob = OutputBuffer { ptr: output.as_mut_ptr(), len: output.len() };
+pub fn run_view(
+    e: &mut CppEngine,
+    input: &OwnedView,
+    output: &mut OwnedView,
+) -> Result<ExecutionResult, EngineError> {
+    let ib = InputBuffer {
+        ptr: input.as_ptr(),
+        len: input.len(),
+    };
+    let ob = OutputBuffer {
+        ptr: output.as_mut_ptr(),
+        len: output.len(),
+    };
     e.run_chunk(Some(ib), ob, &mut NoSupervisor)
 }
 
 /// Views of one chunk: the book's rows `r` plus the whole scenario input.
-pub fn chunk_views(book: &Book, scen: &Scenarios, outs: &[OutCol], index: u64, r: Range<usize>) -> (OwnedView, OwnedView) {
-    let span = ChunkSpan { index, row_start: r.start as u64, row_count: r.len() as u64, total_rows: book.len() as u64 };
+pub fn chunk_views(
+    book: &Book,
+    scen: &Scenarios,
+    outs: &[OutCol],
+    index: u64,
+    r: Range<usize>,
+) -> (OwnedView, OwnedView) {
+    let span = ChunkSpan {
+        index,
+        row_start: r.start as u64,
+        row_count: r.len() as u64,
+        total_rows: book.len() as u64,
+    };
     let mut cols = book.columns(r.clone());
     cols.extend(scen.columns());
     let input = OwnedView::build(span, cols);
@@ -373,7 +461,13 @@ pub fn chunk_views(book: &Book, scen: &Scenarios, outs: &[OutCol], index: u64, r
 
 /// Run the book through an initialized engine in chunks of `chunk` policies, reducing the
 /// per-chunk outputs like the supervisor: element-wise sums of the slots in chunk order.
-pub fn run_chunks(e: &mut CppEngine, book: &Book, scen: &Scenarios, outs: &[OutCol], chunk: usize) -> Result<Results, EngineError> {
+pub fn run_chunks(
+    e: &mut CppEngine,
+    book: &Book,
+    scen: &Scenarios,
+    outs: &[OutCol],
+    chunk: usize,
+) -> Result<Results, EngineError> {
     let mut res = Results::default();
     for c in outs {
         match c.dtype {
@@ -397,21 +491,35 @@ pub fn run_chunks(e: &mut CppEngine, book: &Book, scen: &Scenarios, outs: &[OutC
         res.exec.push(run_view(e, &input, &mut output)?);
         for c in outs {
             match (c.dtype, c.shape) {
-                (DType::Int64, _) => res.i.get_mut(&c.name).unwrap().extend(output.column::<i64>(&c.name)),
+                (DType::Int64, _) => res
+                    .i
+                    .get_mut(&c.name)
+                    .unwrap()
+                    .extend(output.column::<i64>(&c.name)),
                 (_, Shape::PerChunk(_)) => {
                     let slot = output.column::<f64>(&c.name);
                     for (acc, v) in res.f.get_mut(&c.name).unwrap().iter_mut().zip(slot) {
                         *acc += v;
                     }
                 }
-                _ => res.f.get_mut(&c.name).unwrap().extend(output.column::<f64>(&c.name)),
+                _ => res
+                    .f
+                    .get_mut(&c.name)
+                    .unwrap()
+                    .extend(output.column::<f64>(&c.name)),
             }
         }
     }
     Ok(res)
 }
 
-pub fn run(config: &serde_json::Value, book: &Book, scen: &Scenarios, outs: &[OutCol], chunk: usize) -> Result<Results, EngineError> {
+pub fn run(
+    config: &serde_json::Value,
+    book: &Book,
+    scen: &Scenarios,
+    outs: &[OutCol],
+    chunk: usize,
+) -> Result<Results, EngineError> {
     let mut e = engine("cpp_projection", config)?;
     run_chunks(&mut e, book, scen, outs, chunk)
 }
@@ -438,12 +546,19 @@ pub fn assert_rel(what: &str, a: f64, b: f64, tol: f64) {
 /// Bit-for-bit equality of two result sets.
 #[track_caller]
 pub fn assert_identical(what: &str, a: &Results, b: &Results) {
-    assert_eq!(a.f.keys().collect::<Vec<_>>(), b.f.keys().collect::<Vec<_>>(), "{what}: outputs differ");
+    assert_eq!(
+        a.f.keys().collect::<Vec<_>>(),
+        b.f.keys().collect::<Vec<_>>(),
+        "{what}: outputs differ"
+    );
     for (k, va) in &a.f {
         let vb = &b.f[k];
         assert_eq!(va.len(), vb.len(), "{what}: {k} lengths");
         for (j, (x, y)) in va.iter().zip(vb).enumerate() {
-            assert!(x.to_bits() == y.to_bits(), "{what}: {k}[{j}] {x:e} vs {y:e} differ in the last bits");
+            assert!(
+                x.to_bits() == y.to_bits(),
+                "{what}: {k}[{j}] {x:e} vs {y:e} differ in the last bits"
+            );
         }
     }
     assert_eq!(a.i, b.i, "{what}: integer outputs differ");
@@ -454,7 +569,11 @@ pub fn error_text(e: &EngineError) -> String {
 }
 
 #[track_caller]
-pub fn assert_error<T: std::fmt::Debug>(r: Result<T, EngineError>, class: &str, needles: &[&str]) -> String {
+pub fn assert_error<T: std::fmt::Debug>(
+    r: Result<T, EngineError>,
+    class: &str,
+    needles: &[&str],
+) -> String {
     let e = r.expect_err("the engine accepted bad input");
     let text = error_text(&e);
     assert_eq!(e.class, class, "wrong error class: {text}");

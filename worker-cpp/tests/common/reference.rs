@@ -28,7 +28,10 @@ impl Timing {
 pub enum Pricing {
     Scenario(usize),
     /// Spot rates of a pricing curve; `path` is where the test wrote them as CSV.
-    Curve { spot: Vec<f64>, path: String },
+    Curve {
+        spot: Vec<f64>,
+        path: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -67,18 +70,38 @@ impl Mortality {
                 let base = if by_sex && sex == 1 { base * 0.8 } else { base };
                 let mut row = Vec::new();
                 for c in 0..cols {
-                    let sel = if c + 1 == cols { 1.0 } else { 0.6 + 0.4 * c as f64 / cols as f64 };
-                    row.push(if age == max_age { 1.0 } else { (base * sel).min(1.0) });
+                    let sel = if c + 1 == cols {
+                        1.0
+                    } else {
+                        0.6 + 0.4 * c as f64 / cols as f64
+                    };
+                    row.push(if age == max_age {
+                        1.0
+                    } else {
+                        (base * sel).min(1.0)
+                    });
                 }
                 table.push(row);
             }
         }
-        Mortality { by_sex, min_age, max_age, cols, q }
+        Mortality {
+            by_sex,
+            min_age,
+            max_age,
+            cols,
+            q,
+        }
     }
 
     pub fn flat(min_age: i32, max_age: i32, rate: f64) -> Mortality {
         let rows: Vec<Vec<f64>> = (min_age..=max_age).map(|_| vec![rate]).collect();
-        Mortality { by_sex: false, min_age, max_age, cols: 1, q: [rows.clone(), rows] }
+        Mortality {
+            by_sex: false,
+            min_age,
+            max_age,
+            cols: 1,
+            q: [rows.clone(), rows],
+        }
     }
 
     pub fn annual(&self, sex: i32, age: i32, policy_year: i32) -> f64 {
@@ -212,7 +235,10 @@ impl Model {
             o.insert("pricing".into(), p);
         }
         if let Some(d) = self.dynamic {
-            o.insert("dynamic_lapse".into(), json!({ "k": d.k, "r_ref": d.r_ref, "lo": d.lo, "hi": d.hi }));
+            o.insert(
+                "dynamic_lapse".into(),
+                json!({ "k": d.k, "r_ref": d.r_ref, "lo": d.lo, "hi": d.hi }),
+            );
         }
         if let Some(w) = self.whole_life_max_age {
             o.insert("whole_life_max_age".into(), json!(w));
@@ -262,7 +288,9 @@ impl Path {
 
 pub fn curve_path(spot: &[f64], m: usize) -> Path {
     let t_max = spot.len() * m - 1;
-    let d = (0..=t_max).map(|t| (1.0 + spot[t / m]).powf(-(t as f64) / m as f64)).collect();
+    let d = (0..=t_max)
+        .map(|t| (1.0 + spot[t / m]).powf(-(t as f64) / m as f64))
+        .collect();
     let r = (0..t_max).map(|t| spot[t / m]).collect();
     Path { d, r }
 }
@@ -270,25 +298,42 @@ pub fn curve_path(spot: &[f64], m: usize) -> Path {
 pub fn paths_of(scen: &Scenarios, model: &Model) -> Vec<Path> {
     let m = model.m;
     match scen {
-        Scenarios::Esg { s, cols, df, short_rate } => {
+        Scenarios::Esg {
+            s,
+            cols,
+            df,
+            short_rate,
+        } => {
             let stride = model.esg_steps_per_year.unwrap_or(m) / m;
             let t_max = (cols - 1) / stride;
             (0..*s)
                 .map(|sc| Path {
                     d: (0..=t_max).map(|t| df[sc * cols + t * stride]).collect(),
-                    r: (0..t_max).map(|t| short_rate.as_ref().map_or(0.0, |r| r[sc * cols + t * stride])).collect(),
+                    r: (0..t_max)
+                        .map(|t| {
+                            short_rate
+                                .as_ref()
+                                .map_or(0.0, |r| r[sc * cols + t * stride])
+                        })
+                        .collect(),
                 })
                 .collect()
         }
         Scenarios::Curve { spot, .. } => vec![curve_path(spot, m)],
-        Scenarios::Paths { scenario_id, year, rate } => {
+        Scenarios::Paths {
+            scenario_id,
+            year,
+            rate,
+        } => {
             let mut ids = scenario_id.clone();
             ids.sort();
             ids.dedup();
             ids.iter()
                 .map(|id| {
-                    let mut rows: Vec<(i64, f64)> =
-                        (0..rate.len()).filter(|&i| scenario_id[i] == *id).map(|i| (year[i], rate[i])).collect();
+                    let mut rows: Vec<(i64, f64)> = (0..rate.len())
+                        .filter(|&i| scenario_id[i] == *id)
+                        .map(|i| (year[i], rate[i]))
+                        .collect();
                     rows.sort_by_key(|r| r.0);
                     let rates: Vec<f64> = rows.iter().map(|r| r.1).collect();
                     let t_max = rates.len() * m;
@@ -348,9 +393,19 @@ pub fn project(model: &Model, p: &super::P, premium_step: f64, path: &Path) -> P
         let claims = p.sa * deaths;
         let inflation = (1.0 + model.inflation).powf(t as f64 / m as f64);
         let exp = model.mult_expense
-            * (model.maintenance / m as f64 * inflation * inf + model.premium_rate * prem + model.per_claim * deaths);
-        let acq = if t == 0 && p.dur == 0 { model.mult_expense * model.acquisition * p.count } else { 0.0 };
-        let comm = if year == 0 { model.comm_first } else { model.comm_renewal } * prem;
+            * (model.maintenance / m as f64 * inflation * inf
+                + model.premium_rate * prem
+                + model.per_claim * deaths);
+        let acq = if t == 0 && p.dur == 0 {
+            model.mult_expense * model.acquisition * p.count
+        } else {
+            0.0
+        };
+        let comm = if year == 0 {
+            model.comm_first
+        } else {
+            model.comm_renewal
+        } * prem;
         pv[1] += prem * path.df(t, model.timing[0]);
         pv[2] += claims * path.df(t, model.timing[1]);
         pv[3] += exp * path.df(t, model.timing[2]) + acq; // acquisition is paid at time 0
