@@ -161,3 +161,34 @@ fn a_failed_evaluation_is_reported_not_hidden() {
     assert!(errors.contains("ConfigurationError"), "{errors}");
     assert!(errors.contains("mortality"), "{errors}");
 }
+
+#[test]
+fn bad_model_points_are_rejected_naming_file_row_and_column() {
+    let dir = TempDir::new("badbook");
+    let book = std::fs::read_to_string(examples().join("data/model_points.csv")).unwrap();
+    let mut lines: Vec<String> = book.lines().map(String::from).collect();
+    // Row 5 of the data (policy 5): a negative sum assured.
+    let mut f: Vec<String> = lines[5].split(',').map(String::from).collect();
+    f[4] = format!("-{}", f[4]);
+    lines[5] = f.join(",");
+    let bad = dir.join("bad_book.csv");
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    let (_d, path) = example("projection_only", |v| {
+        v["data_sources"]["policies"]["path"] = json!(bad.to_str().unwrap());
+        v["engines"][0]["retry"] = json!({"max_attempts": 1});
+    });
+    let _c = Cleanup(path.clone());
+    let (f, m) = run(&path, &dir.join("out"), &[]);
+    assert_eq!(f.code, 1, "{}", f.stderr);
+    let errors = m["errors"].to_string();
+    assert!(errors.contains("bad_book.csv"), "{errors}");
+    assert!(errors.contains("sum_assured"), "{errors}");
+    assert!(
+        errors.contains("policy 5") || errors.contains("row 4") || errors.contains("row 5"),
+        "{errors}"
+    );
+    assert!(
+        !dir.join("out/projection/per_policy.parquet").exists(),
+        "nothing is written for a failed node"
+    );
+}

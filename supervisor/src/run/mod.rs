@@ -1436,6 +1436,10 @@ impl Run<'_> {
                     t.as_secs_f64()
                 )
             }
+            Cause::Engine(e) => format!(
+                "{where_}{phase_word}: {cause}{}",
+                self.input_files_named(i, &e.message)
+            ),
             _ => format!("{where_}{phase_word}: {cause}"),
         };
         tracing::warn!("{message}");
@@ -1504,6 +1508,27 @@ impl Run<'_> {
         nr.open_recoveries.push_back(nr.recoveries.len() - 1);
         let delay = nr.backoff.next().unwrap_or_default();
         nr.respawns.push(now + delay);
+    }
+
+    /// Engines name the input binding of bad data (`input 'policies' row 17`); say which file
+    /// that binding was read from, so the user knows what to fix.
+    fn input_files_named(&self, i: usize, message: &str) -> String {
+        let mut notes = Vec::new();
+        for inp in &self.dag.nodes[i].inputs {
+            if !message.contains(&format!("input '{}'", inp.name)) {
+                continue;
+            }
+            if let Producer::Source(src) = &inp.from {
+                if let Some(path) = self.dag.source(src).and_then(|s| s.path.as_ref()) {
+                    notes.push(format!("input '{}' is {}", inp.name, path.display()));
+                }
+            }
+        }
+        if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join("; "))
+        }
     }
 
     /// Every chunk not yet done fails with `message` (a cause no retry can fix).
