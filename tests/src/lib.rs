@@ -323,17 +323,26 @@ pub fn workers_of_node(pid: u32, node: &str) -> Vec<u32> {
 
 /// Completed chunks of `node` persisted in the run journal of output folder `out`.
 pub fn journaled_chunks(out: &Path, node: &str) -> usize {
-    std::fs::read_dir(out.join(".livecalc").join(node))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    let n = e.file_name();
-                    let n = n.to_string_lossy();
-                    n.starts_with("chunk-") && n.ends_with(".bin")
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    // Complete records of `.livecalc/<node>.journal` (magic, index, length, hash, payload); a
+    // record still being written does not count.
+    let Ok(bytes) = std::fs::read(out.join(".livecalc").join(format!("{node}.journal"))) else {
+        return 0;
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut at = 0usize;
+    while bytes.len() >= at + 28 {
+        let word = |o: usize| u64::from_le_bytes(bytes[at + o..at + o + 8].try_into().unwrap());
+        if u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) != 0x4C43_4A31 {
+            break;
+        }
+        let (index, len) = (word(4), word(12) as usize);
+        if bytes.len() < at + 28 + len {
+            break;
+        }
+        seen.insert(index);
+        at += 28 + len;
+    }
+    seen.len()
 }
 
 /// Poll `cond` every 2 ms until it holds; panic with `what` after `limit`.

@@ -288,7 +288,7 @@ pub fn run(dag: &Dag, opts: &RunOptions) -> Result<RunOutcome, RunError> {
     let t0 = Instant::now();
     prepare_out_dir(&opts.out_dir, opts.resume)?;
     let journal = if opts.resume {
-        Journal::resume(&opts.out_dir, dag).map_err(RunError::Resume)?
+        Journal::resume(&opts.out_dir, dag, hash_regions).map_err(RunError::Resume)?
     } else {
         Journal::create(&opts.out_dir, dag).map_err(|e| RunError::OutDir {
             path: opts.out_dir.clone(),
@@ -1005,7 +1005,7 @@ impl Run<'_> {
         for k in 0..self.nodes[i].chunks.len() {
             let len: usize = self.chunk_regions(i, k).iter().map(|r| r.3).sum();
             let index = self.nodes[i].chunks[k].span.index;
-            let Some(bytes) = j.load(&id, index, len) else {
+            let Some(bytes) = j.load(&id, index, len, hash_regions) else {
                 continue;
             };
             // SAFETY: the node has just started; no worker exists for it yet.
@@ -1262,7 +1262,10 @@ impl Run<'_> {
                     return;
                 }
                 self.workers[w.0].phase = Phase::Idle;
-                self.chunk_done(i, chunk, sent + reply_len, sent_at, result);
+                // Control overhead of the chunk: the round trip minus the engine's own time,
+                // measured before any bookkeeping of ours.
+                let rt_us = sent_at.elapsed().as_secs_f64() * 1e6 - result.execution_time_ms * 1e3;
+                self.chunk_done(i, chunk, sent + reply_len, rt_us, result);
                 self.dispatch(w);
             }
             FromWorker::Failed { error, .. } => self.worker_failed(w, Cause::Engine(error)),
@@ -1279,28 +1282,32 @@ impl Run<'_> {
         i: usize,
         k: usize,
         bytes: u64,
-        sent_at: Instant,
+        round_trip_us: f64,
         result: livecalc_protocol::ExecutionResult,
     ) {
-        // SAFETY: the worker reported the chunk finished and is idle; nobody else writes it.
-        let regions = unsafe { self.region_bytes(i, k) };
-        let parts: Vec<&[u8]> = regions.iter().map(|r| &**r).collect();
-        let hash = hash_regions(&parts);
         let index = self.nodes[i].chunks[k].span.index;
-        let journal = self.journal.as_ref().filter(|_| !self.in_evaluation(i));
-        if let Some(j) = journal {
-            if let Err(e) = j.save(&self.dag.nodes[i].id, index, &parts) {
-                tracing::warn!(error = %e, "cannot journal chunk {index}; a resume would recompute it");
+        // Re-evaluations for a solver are transient: only the first computation is journaled.
+        let journaled = !self.in_evaluation(i);
+        let mut journal = self.journal.take();
+        let hash = {
+            // SAFETY: the worker reported the chunk finished and is idle; nobody else writes it.
+            let regions = unsafe { self.region_bytes(i, k) };
+            let parts: Vec<&[u8]> = regions.iter().map(|r| &**r).collect();
+            let hash = hash_regions(&parts);
+            if let Some(j) = journal.as_mut().filter(|_| journaled) {
+                if let Err(e) = j.save(&self.dag.nodes[i].id, index, &parts, hash_regions) {
+                    tracing::warn!(error = %e, "cannot journal chunk {index}; a resume would recompute it");
+                }
             }
-        }
+            hash
+        };
+        self.journal = journal;
         let nr = &mut self.nodes[i];
         let c = &mut nr.chunks[k];
         c.state = ChunkState::Done { hash };
         c.control_bytes += bytes;
         nr.engine_ms += result.execution_time_ms;
-        // Control overhead of the chunk: the round trip minus the engine's own time.
-        let rt = sent_at.elapsed().as_secs_f64() * 1e6 - result.execution_time_ms * 1e3;
-        nr.round_trip_us.push(rt.max(0.0));
+        nr.round_trip_us.push(round_trip_us.max(0.0));
         for warning in result.warnings {
             nr.warnings.push(format!("chunk {index}: {warning}"));
         }
@@ -1669,7 +1676,10 @@ impl Run<'_> {
             }
             let index = self.nodes[i].chunks[k].span.index;
             let len: usize = self.chunk_regions(i, k).iter().map(|r| r.3).sum();
-            let saved = self.journal.as_ref().and_then(|j| j.load(&id, index, len));
+            let saved = self
+                .journal
+                .as_ref()
+                .and_then(|j| j.load(&id, index, len, hash_regions));
             let label = self.chunk_label(i, k);
             match saved {
                 Some(bytes) => {
