@@ -173,3 +173,44 @@ fn a_non_empty_foreign_output_folder_is_refused() {
         "keep me"
     );
 }
+
+#[test]
+fn a_solver_may_only_re_evaluate_engines_upstream_of_it() {
+    let text = std::fs::read_to_string(examples().join("dag_config_full_pipeline.json")).unwrap();
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    // `esg` is upstream (fine); `ghost` does not exist; `pricing` itself is not upstream.
+    v["engines"][3]["config"]["parameters"] = json!([
+        {"name": "ghost.scale", "initial": 1.0, "lower": 0.0, "upper": 2.0},
+        {"name": "pricing.tolerance", "initial": 1.0, "lower": 0.0, "upper": 2.0},
+        {"name": "nodot", "initial": 1.0, "lower": 0.0, "upper": 2.0}
+    ]);
+    let dir = TempDir::new("solver-params");
+    let path = examples().join(format!(".test-solver-params-{}.json", std::process::id()));
+    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let f = run_supervisor(
+        &["validate", path.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    let _ = std::fs::remove_file(&path);
+    drop(dir);
+    assert_eq!(f.code, 2, "{}", f.stderr);
+    assert!(
+        f.stderr
+            .contains("$.engines[3].evaluates: 'ghost' is not an engine upstream of 'pricing'"),
+        "{}",
+        f.stderr
+    );
+    assert!(
+        f.stderr
+            .contains("'pricing' is not an engine upstream of 'pricing'"),
+        "{}",
+        f.stderr
+    );
+    assert!(
+        f.stderr.contains(
+            "$.engines[3].config.parameters[2].name: expected \"<engine id>.<config key>\""
+        ),
+        "{}",
+        f.stderr
+    );
+}

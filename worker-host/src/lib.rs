@@ -493,3 +493,83 @@ fn die_mid_write() -> ! {
     }
     std::process::abort()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine side of the evaluate loop: a request goes out, a stale answer to an earlier
+    /// request is skipped, the matching answer comes back; a failure comes back as an error.
+    #[test]
+    fn evaluate_waits_for_its_own_answer() {
+        let (to_sup, from_worker) = ipc::channel::<FromWorker>().unwrap();
+        let (to_worker, from_sup) = ipc::channel::<ToWorker>().unwrap();
+        let supervisor = std::thread::spawn(move || {
+            for (n, outcome) in [
+                Ok(EvaluationReport {
+                    nodes: vec!["projection".into()],
+                    elapsed_ms: 1.5,
+                }),
+                Err("chunk 3 failed".to_string()),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let Ok(FromWorker::Evaluate { request, params }) = from_worker.recv() else {
+                    panic!("expected Evaluate");
+                };
+                assert_eq!(request, n as u64 + 1);
+                assert_eq!(
+                    params,
+                    vec![("projection.multipliers.premium".to_string(), 1.25)]
+                );
+                to_worker
+                    .send(ToWorker::Evaluated {
+                        request: 999,
+                        outcome: Err("stale".into()),
+                    })
+                    .unwrap();
+                to_worker
+                    .send(ToWorker::Evaluated { request, outcome })
+                    .unwrap();
+            }
+        });
+        let mut next = 0;
+        let mut link = Link {
+            tx: &to_sup,
+            rx: &from_sup,
+            next_request: &mut next,
+        };
+        let params = vec![("projection.multipliers.premium".to_string(), 1.25)];
+        let report = link.evaluate(&params).unwrap();
+        assert_eq!(report.nodes, vec!["projection".to_string()]);
+        assert_eq!(link.evaluate(&params).unwrap_err(), "chunk 3 failed");
+        supervisor.join().unwrap();
+    }
+
+    #[test]
+    fn worker_arguments_are_checked() {
+        let args = |v: &[&str]| WorkerArgs::parse(v.iter().map(|s| s.to_string()));
+        let ok = args(&[
+            "w",
+            "--connect",
+            "srv",
+            "--engine",
+            "cpp:x",
+            "--node",
+            "n",
+            "--worker",
+            "2",
+            "--spawn",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!((ok.worker, ok.spawn, ok.node.as_str()), (2, 3, "n"));
+        assert!(args(&["w", "--engine", "x"])
+            .unwrap_err()
+            .contains("--connect"));
+        assert!(args(&["w", "--connect", "s", "--engine", "x", "--bogus"])
+            .unwrap_err()
+            .contains("--bogus"));
+    }
+}
