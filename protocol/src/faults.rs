@@ -16,6 +16,10 @@ use serde_json::Value;
 
 /// Environment variable carrying a worker's fault plan (JSON).
 pub const FAULTS_ENV: &str = "LIVECALC_FAULTS";
+/// Exit code of a Python worker whose engine kept a numpy view of shared memory after
+/// `runChunk`: it exits rather than let that view dangle (see the supervisor's messages).
+pub const EXIT_KEPT_VIEW: i32 = 86;
+
 /// Environment variable naming the supervisor's pid, checked by a worker against `getppid()`.
 pub const SUPERVISOR_PID_ENV: &str = "LIVECALC_SUPERVISOR_PID";
 

@@ -188,7 +188,11 @@ impl ColumnEntry {
             shape,
             offset: get_u64(bytes, 88),
         };
-        if get_u64(bytes, 96) != entry.nbytes() {
+        let checked = entry
+            .shape
+            .iter()
+            .try_fold(entry.dtype.size() as u64, |acc, d| acc.checked_mul(*d));
+        if checked != Some(get_u64(bytes, 96)) {
             return Err(LayoutError::BadShape(entry.name));
         }
         Ok(entry)
@@ -394,7 +398,12 @@ impl ViewDirectory {
 }
 
 fn check_placement(c: &ColumnEntry, limit: u64) -> Result<(), LayoutError> {
-    let end = c.offset.checked_add(c.nbytes());
+    let nbytes = c
+        .shape
+        .iter()
+        .try_fold(c.dtype.size() as u64, |acc, d| acc.checked_mul(*d))
+        .ok_or_else(|| LayoutError::BadShape(c.name.clone()))?;
+    let end = c.offset.checked_add(nbytes);
     if !c.offset.is_multiple_of(c.dtype.size() as u64) || end.is_none_or(|e| e > limit) {
         return Err(LayoutError::OutOfBounds(c.name.clone()));
     }

@@ -93,6 +93,7 @@ fn malformed_documents(#[case] text: &str, #[case] expected: &[&str]) {
 #[case::dtype_mismatch(|v: &mut Value| { v["engines"][0]["outputs"]["priced"]["columns"]["premium"] = json!("float32"); }, &["$.engines[1].inputs.priced: dtype mismatch on column 'premium': rate.priced produces float32, 'cpp_my_engine' reads float64"])]
 #[case::declared_expectation_mismatch(|v: &mut Value| { v["engines"][1]["inputs"]["priced"] = json!({"from": "rate.priced", "columns": {"premium": {"dtype": "float64", "shape": ["rows", 3]}}}); }, &["$.engines[1].inputs.priced.columns.premium: shape mismatch: rate.priced produces [\"rows=2\"], this engine expects [\"rows=2\", \"3\"]"])]
 #[case::missing_column_in_file(|v: &mut Value| { v["data_sources"]["policies"]["columns"]["smoker"] = json!("uint8"); }, &["$.data_sources.policies:", "no column(s) smoker in the file"])]
+#[case::huge_shape(|v: &mut Value| { v["engines"][1]["outputs"]["totals"]["columns"]["policies"]["shape"] = json!([1u64 << 61]); v["engines"][1]["outputs"]["totals"]["columns"]["gross_premium"]["shape"] = json!([1u64 << 61]); }, &["$.engines[1].outputs.totals.columns.policies: column of", "larger than the 256 TiB"])]
 #[case::bad_workers(|v: &mut Value| { v["engines"][0]["workers"] = json!(0); }, &["$.engines[0].workers: must be a positive integer"])]
 #[case::cycle(|v: &mut Value| {
     v["engines"][0]["inputs"] = json!({"policies": "policies", "back": "gross.taxed"});

@@ -281,3 +281,33 @@ fn segments_of_a_killed_supervisor_are_removed_by_cleanup_and_by_the_next_run() 
         );
     }
 }
+
+#[test]
+fn a_python_engine_keeping_a_view_of_shared_memory_ends_its_worker() {
+    let (dir, dag) = hello(|v| {
+        v["engines"][0]["type"] = json!("python:keeper:Keeper");
+    });
+    // A user engine (imported from the DAG's folder) that keeps a numpy view of its output.
+    std::fs::write(
+        dir.join("keeper.py"),
+        "from livecalc import outputs\nfrom livecalc.engines.hello import HelloEngine\n\n\n\
+class Keeper(HelloEngine):\n    def runChunk(self, input_buffer, output_buffer):\n        \
+result = super().runChunk(input_buffer, output_buffer)\n        \
+self.kept = outputs(output_buffer)[\"priced.premium\"]\n        return result\n",
+    )
+    .unwrap();
+    let (f, m) = run_failing(&dir, &dag);
+    assert_eq!(f.code, 1, "{}", f.stderr);
+    let errors = m["errors"].to_string();
+    assert!(errors.contains("exited with code 86"), "{errors}");
+    assert!(
+        errors.contains("kept a reference to shared memory"),
+        "{errors}"
+    );
+    assert!(
+        f.stderr
+            .contains("Keeper.runChunk kept a reference to a shared-memory buffer"),
+        "{}",
+        f.stderr
+    );
+}

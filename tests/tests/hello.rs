@@ -180,3 +180,28 @@ fn independent_nodes_run_at_the_same_time() {
         file_sha(&dir.join("out/rate_twin/priced.parquet"))
     );
 }
+
+#[test]
+fn an_empty_book_runs_and_reduces_to_zeros() {
+    let text = std::fs::read_to_string(examples().join("dag_config_hello.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let dir = TempDir::new("empty");
+    std::fs::write(dir.join("empty.csv"), "policy_id,age,sum_assured\n").unwrap();
+    v["data_sources"]["policies"]["path"] = serde_json::json!(dir.join("empty.csv"));
+    v["engines"][1]["outputs"]["totals"]["reduce"] = serde_json::json!("first");
+    let dag = write_dag(dir.path(), &v);
+    let f = run_supervisor(
+        &[
+            "run",
+            dag.to_str().unwrap(),
+            "--out",
+            dir.join("out").to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(f.code, 0, "{}", f.stderr);
+    let taxed = read_parquet(&dir.join("out/gross/taxed.parquet"));
+    assert!(taxed.get("gross_premium").is_none_or(|c| c.is_empty()));
+    let totals = read_parquet(&dir.join("out/gross/totals.parquet"));
+    assert_eq!(f64_column(&totals, "gross_premium"), vec![0.0]);
+}

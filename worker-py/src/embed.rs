@@ -90,6 +90,9 @@ fn install_worker_module(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
+/// Exit code of a worker whose engine kept a view of shared memory after `runChunk`.
+pub const EXIT_KEPT_VIEW: i32 = livecalc_protocol::faults::EXIT_KEPT_VIEW;
+
 /// Where the `livecalc` package lives: `LIVECALC_PYTHON_SRC`, else the source tree this binary
 /// was built from.
 fn package_dir() -> PathBuf {
@@ -192,6 +195,12 @@ pub fn engine_error(py: Python<'_>, err: PyErr) -> EngineError {
                 "initialization" => EngineErrorKind::Initialization,
                 "execution" => EngineErrorKind::Execution,
                 "out_of_memory" => EngineErrorKind::OutOfMemory,
+                "kept_view" => {
+                    // Its arrays would dangle once the views are unmapped, or alias another
+                    // segment mapped at the same address: this process must not go on.
+                    tracing::error!("{message}; the worker exits (code {EXIT_KEPT_VIEW})");
+                    std::process::exit(EXIT_KEPT_VIEW);
+                }
                 "unknown_engine" => EngineErrorKind::UnknownEngine,
                 _ => EngineErrorKind::Other,
             };

@@ -114,9 +114,11 @@ impl Engine for PyEngine {
     ) -> Result<ExecutionResult, EngineError> {
         let _lent = embed::lend_evaluator(evaluator);
         Python::attach(|py| {
-            // SAFETY: the host keeps both views mapped for the whole call, and both memoryviews
-            // are released below before returning, so Python cannot outlive the mapping through
-            // them (numpy arrays derived from them are dropped by `_host.run_chunk`).
+            // SAFETY: the host keeps both views mapped for the whole call. Afterwards nothing in
+            // Python may refer to them: the memoryviews are released below, and
+            // `_host.run_chunk` checks by reference count that the engine kept no array derived
+            // from them; if it did, the worker exits (`embed::EXIT_KEPT_VIEW`) before the views
+            // can be unmapped or remapped underneath that array.
             let views = (|| -> PyResult<_> {
                 let inp = match input {
                     Some(b) => {

@@ -229,8 +229,10 @@ impl Bus {
         };
         let dst = self.seg(out).header.clone();
         for (s, d) in src.columns.iter().zip(&dst.columns) {
-            // SAFETY: the source segment is sealed (its node completed) and the destination is
-            // fresh and not yet handed to any worker.
+            // SAFETY: the source segment is sealed (its node completed); the destination is
+            // fresh, or (a re-evaluation) the reduced segment whose readers are all blocked: the
+            // node consuming it waits for the evaluation's answer, and downstream nodes that
+            // read it have not started or are re-run after it.
             let (from, to) = unsafe { (self.column_bytes(id, s), self.column_bytes_mut(out, d)) };
             reduce_column(s.dtype, from, to, how);
         }
@@ -258,10 +260,33 @@ impl Bus {
     }
 }
 
+trait SumAdd {
+    fn sum_add(self, other: Self) -> Self;
+}
+macro_rules! sum_add_int {
+    ($($t:ty),*) => {$(impl SumAdd for $t { fn sum_add(self, o: Self) -> Self { self.wrapping_add(o) } })*};
+}
+sum_add_int!(i64, i32, u8);
+impl SumAdd for f64 {
+    fn sum_add(self, o: Self) -> Self {
+        self + o
+    }
+}
+impl SumAdd for f32 {
+    fn sum_add(self, o: Self) -> Self {
+        self + o
+    }
+}
+fn sum_add<T: SumAdd>(a: T, b: T) -> T {
+    a.sum_add(b)
+}
+
 fn reduce_column(dtype: DType, from: &[u8], to: &mut [u8], how: crate::config::model::Reduce) {
     use crate::config::model::Reduce;
     let n = to.len();
     match how {
+        // A node with no rows has no chunk, hence no slot: its reduction is all zeros.
+        Reduce::First if from.len() < n => to.fill(0),
         Reduce::First => to.copy_from_slice(&from[..n]),
         Reduce::Sum => {
             macro_rules! sum {
@@ -269,7 +294,9 @@ fn reduce_column(dtype: DType, from: &[u8], to: &mut [u8], how: crate::config::m
                     let mut acc = vec![<$t>::default(); n / $w];
                     for slot in from.chunks_exact(n) {
                         for (a, b) in acc.iter_mut().zip(slot.chunks_exact($w)) {
-                            *a += <$t>::from_le_bytes(b.try_into().expect("width"));
+                            // Wrapping for integers: a sum is the declared dtype's arithmetic,
+                            // never a panic in the supervisor.
+                            *a = sum_add(*a, <$t>::from_le_bytes(b.try_into().expect("width")));
                         }
                     }
                     for (d, a) in to.chunks_exact_mut($w).zip(acc) {

@@ -289,6 +289,7 @@ impl Compiler<'_> {
         let raw = self.engines(root.get("engines"), &sources);
         let credentials = self.credentials(root.get("am_credentials"));
         let mut nodes = self.graph(raw, &sources);
+        self.check_sizes(&nodes);
         self.mark_warm(&mut nodes);
         let outputs = self.outputs(root.get("output"), &nodes);
         Some(Dag {
@@ -1244,6 +1245,31 @@ impl Compiler<'_> {
             ordered.push(r.node);
         }
         ordered
+    }
+
+    /// Every output column must fit in memory arithmetic: at most 2^48 bytes (256 TiB), so no
+    /// size computation downstream can overflow.
+    fn check_sizes(&mut self, nodes: &[Node]) {
+        const LIMIT: u128 = 1 << 48;
+        for n in nodes {
+            for o in &n.outputs {
+                for c in &o.columns {
+                    let mut bytes = c.ty.dtype().size() as u128;
+                    for d in c.concrete_shape(n.rows) {
+                        bytes = bytes.saturating_mul(d as u128);
+                    }
+                    if o.reduce.is_some() {
+                        bytes = bytes.saturating_mul(n.chunk_count().max(1) as u128);
+                    }
+                    if bytes > LIMIT {
+                        self.p.add(
+                            format!("$.engines[{}].outputs.{}.columns.{}", n.decl_index, o.name, c.name),
+                            format!("column of {bytes} bytes is larger than the 256 TiB any segment may hold"),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// Check every `evaluates` entry names an upstream engine, and keep warm the engines that

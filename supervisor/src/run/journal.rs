@@ -102,7 +102,18 @@ impl Journal {
         for n in &dag.nodes {
             let path = dir.join(format!("{}.journal", n.id));
             if let Ok(bytes) = std::fs::read(&path) {
-                records.insert(n.id.clone(), parse_records(&bytes, hash));
+                let (found, intact) = parse_records(&bytes, hash);
+                if intact < bytes.len() {
+                    // A record torn by the crash: cut it off, so that what this run appends
+                    // follows the last intact record and can be read back.
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    f.set_len(intact as u64)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+                records.insert(n.id.clone(), found);
             }
         }
         Ok(Journal {
@@ -153,6 +164,7 @@ impl Journal {
         }
         let bytes = std::fs::read(self.dir.join(format!("{node}.journal"))).ok()?;
         parse_records(&bytes, hash)
+            .0
             .remove(&index)
             .filter(|b| b.len() == len)
     }
@@ -162,9 +174,9 @@ impl Journal {
     }
 }
 
-/// Every intact record of a journal file; the last record for an index wins (an evaluation or a
-/// resumed run may append a chunk again).
-fn parse_records(bytes: &[u8], hash: Hasher) -> HashMap<u64, Vec<u8>> {
+/// Every intact record of a journal file (the last record for an index wins: a resumed run may
+/// append a chunk again), and the length of the intact prefix.
+fn parse_records(bytes: &[u8], hash: Hasher) -> (HashMap<u64, Vec<u8>>, usize) {
     let mut out = HashMap::new();
     let mut at = 0;
     while bytes.len() >= at + HEADER {
@@ -178,12 +190,13 @@ fn parse_records(bytes: &[u8], hash: Hasher) -> HashMap<u64, Vec<u8>> {
         let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
             break; // torn by a crash mid-write
         };
-        if hash(&[payload]) == want {
-            out.insert(index, payload.to_vec());
+        if hash(&[payload]) != want {
+            break; // a corrupt record: nothing after it can be trusted to be aligned
         }
+        out.insert(index, payload.to_vec());
         at += HEADER + len;
     }
-    out
+    (out, at)
 }
 
 #[cfg(test)]
@@ -200,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn torn_and_corrupt_records_are_ignored() {
+    fn torn_and_corrupt_records_end_the_intact_prefix() {
         let rec = |index: u64, payload: &[u8], hash: u64| {
             let mut r = Vec::new();
             r.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
@@ -215,9 +228,25 @@ mod tests {
         bytes.extend(rec(2, b"ok", sum_hash(&[b"ok"])));
         let torn = rec(3, b"torn record", sum_hash(&[b"torn record"]));
         bytes.extend_from_slice(&torn[..torn.len() - 4]);
-        let found = parse_records(&bytes, sum_hash);
-        assert_eq!(found.len(), 2);
+        let (found, intact) = parse_records(&bytes, sum_hash);
+        // Reading stops at the corrupt record: what follows cannot be trusted.
+        assert_eq!(found.len(), 1);
         assert_eq!(found[&0], b"abc");
+        assert_eq!(intact, HEADER + 3);
+        let good = [
+            rec(0, b"abc", sum_hash(&[b"abc"])),
+            rec(2, b"ok", sum_hash(&[b"ok"])),
+        ]
+        .concat();
+        let mut torn_tail = good.clone();
+        torn_tail.extend_from_slice(&torn[..torn.len() - 4]);
+        let (found, intact) = parse_records(&torn_tail, sum_hash);
+        assert_eq!(found.len(), 2);
         assert_eq!(found[&2], b"ok");
+        assert_eq!(
+            intact,
+            good.len(),
+            "the torn tail is cut off at the last intact record"
+        );
     }
 }

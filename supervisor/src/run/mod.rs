@@ -174,6 +174,11 @@ struct Worker {
     spawned_at: Instant,
     /// Set when the worker replaces a failed one: the recovery it completes once ready.
     replaces: Option<usize>,
+    /// Its exit status has been collected: its pid (and group) may belong to someone else now,
+    /// so it is never signalled again.
+    reaped: bool,
+    /// The node config generation it was last initialized with (see `NodeRun::config_gen`).
+    config_gen: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -247,6 +252,9 @@ struct NodeRun {
     config: serde_json::Value,
     /// Times this node was re-run for a solver.
     evaluations: u32,
+    /// Bumped whenever `config` changes; a worker initialized with an older generation is
+    /// initialized again before it gets a chunk.
+    config_gen: u64,
     /// The engine's last `report_json`, parsed.
     report: Option<serde_json::Value>,
     /// Upstream nodes that were `partial` when this node started (with accept_partial_inputs):
@@ -280,6 +288,9 @@ struct Run<'a> {
     signals_seen: u32,
     errors: Vec<String>,
     evaluation: Option<Evaluation>,
+    /// A request that arrived while warm nodes were still busy (e.g. from a solver's
+    /// replacement while its predecessor's evaluation finishes): started when they are idle.
+    pending_evaluation: Option<(WorkerId, u64, Vec<(String, f64)>)>,
 }
 
 /// Run a compiled DAG to completion.
@@ -331,6 +342,7 @@ pub fn run(dag: &Dag, opts: &RunOptions) -> Result<RunOutcome, RunError> {
                 open_recoveries: VecDeque::new(),
                 config: n.config.clone(),
                 evaluations: 0,
+                config_gen: 0,
                 report: None,
                 partial_inputs: Vec::new(),
             })
@@ -341,6 +353,7 @@ pub fn run(dag: &Dag, opts: &RunOptions) -> Result<RunOutcome, RunError> {
         signals_seen: 0,
         errors: Vec::new(),
         evaluation: None,
+        pending_evaluation: None,
     };
     let loaded = run.load_sources();
     if let Err(e) = loaded {
@@ -770,7 +783,9 @@ impl Run<'_> {
         let node = &self.dag.nodes[i];
         self.nodes[i].status = NodeStatus::Running;
         self.nodes[i].evaluations += 1;
+        self.nodes[i].config_gen += 1;
         self.nodes[i].chunks = plan_chunks(node);
+        self.skip_rows_missing_upstream(i);
         for o in &self.nodes[i].outputs {
             self.bus.set_state(o.live, SegmentState::Writing);
         }
@@ -793,6 +808,7 @@ impl Run<'_> {
                     )
                     .is_ok();
             self.workers[w.0].phase = Phase::Initializing { deadline };
+            self.workers[w.0].config_gen = self.nodes[i].config_gen;
             if sent {
                 warm += 1;
             } else {
@@ -811,8 +827,20 @@ impl Run<'_> {
         let reply = |run: &mut Self, outcome| {
             let _ = run.send(w, ToWorker::Evaluated { request, outcome });
         };
-        if self.evaluation.is_some() {
+        if self.evaluation.as_ref().is_some_and(|e| e.worker != w) {
             reply(self, Err("another evaluation is in progress".into()));
+            return;
+        }
+        let warm_busy = (0..self.dag.nodes.len()).any(|i| {
+            self.dag.nodes[i].warm
+                && matches!(
+                    self.nodes[i].status,
+                    NodeStatus::Running | NodeStatus::Waiting
+                )
+        });
+        if warm_busy {
+            // A previous evaluation's re-runs are still finishing: start this one after them.
+            self.pending_evaluation = Some((w, request, params));
             return;
         }
         if self.abort.is_some() {
@@ -898,12 +926,42 @@ impl Run<'_> {
     }
 
     fn finish_evaluation_if_done(&mut self) {
-        let Some(ev) = &self.evaluation else { return };
-        if !ev
+        let Some(ev) = &self.evaluation else {
+            self.start_pending_evaluation();
+            return;
+        };
+        if !ev.nodes.iter().all(|&i| {
+            matches!(
+                self.nodes[i].status,
+                NodeStatus::Succeeded | NodeStatus::Partial
+            )
+        }) {
+            return;
+        }
+        if let Some(&i) = ev
             .nodes
             .iter()
-            .all(|&i| self.nodes[i].status == NodeStatus::Succeeded)
+            .find(|&&i| self.nodes[i].status == NodeStatus::Partial)
         {
+            // Statistics over missing rows would mislead the solver: the evaluation fails.
+            let missing: Vec<String> = self.nodes[i]
+                .chunks
+                .iter()
+                .filter(|c| matches!(c.state, ChunkState::Failed { .. }))
+                .map(|c| {
+                    format!(
+                        "{}..{}",
+                        c.span.row_start,
+                        c.span.row_start + c.span.row_count
+                    )
+                })
+                .collect();
+            let msg = format!(
+                "the re-run of '{}' is partial: rows {} were not computed",
+                self.dag.nodes[i].id,
+                missing.join(", ")
+            );
+            self.fail_evaluation(i, msg);
             return;
         }
         let ev = self.evaluation.take().expect("checked above");
@@ -933,10 +991,17 @@ impl Run<'_> {
         for &n in &ev.nodes {
             if matches!(
                 self.nodes[n].status,
-                NodeStatus::Running | NodeStatus::Waiting
+                NodeStatus::Running | NodeStatus::Waiting | NodeStatus::Partial
             ) {
                 self.nodes[n].status = NodeStatus::Succeeded;
                 self.nodes[n].respawns.clear();
+            }
+            // Workers still computing with the failed evaluation's config must not carry it
+            // into the next one: stop them; the next evaluation starts fresh ones.
+            for w in self.nodes[n].workers.clone() {
+                if !matches!(self.workers[w.0].phase, Phase::Idle) {
+                    self.stop(w);
+                }
             }
         }
         self.nodes[i]
@@ -949,6 +1014,27 @@ impl Run<'_> {
                 outcome: Err(message),
             },
         );
+    }
+
+    fn start_pending_evaluation(&mut self) {
+        if self.evaluation.is_some() || self.abort.is_some() {
+            return;
+        }
+        let busy = (0..self.dag.nodes.len()).any(|i| {
+            self.dag.nodes[i].warm
+                && matches!(
+                    self.nodes[i].status,
+                    NodeStatus::Running | NodeStatus::Waiting
+                )
+        });
+        if busy {
+            return;
+        }
+        if let Some((w, request, params)) = self.pending_evaluation.take() {
+            if self.workers[w.0].phase.is_active() {
+                self.on_evaluate(w, request, params);
+            }
+        }
     }
 
     fn in_evaluation(&self, i: usize) -> bool {
@@ -1051,6 +1137,8 @@ impl Run<'_> {
                     commands: None,
                     spawned_at: Instant::now(),
                     replaces,
+                    reaped: false,
+                    config_gen: 0,
                 });
                 self.nodes[i].workers.push(id);
             }
@@ -1150,8 +1238,10 @@ impl Run<'_> {
                     credentials: self.dag.credentials.clone(),
                 };
                 let deadline = Instant::now() + node.startup_timeout;
+                let gen = self.nodes[i].config_gen;
                 let wk = &mut self.workers[w.0];
                 wk.phase = Phase::Initializing { deadline };
+                wk.config_gen = gen;
                 let sent = commands.send(msg).is_ok();
                 wk.commands = Some(commands);
                 if !sent {
@@ -1210,6 +1300,19 @@ impl Run<'_> {
         let node = &self.dag.nodes[i];
         match message {
             FromWorker::Initialized => {
+                if self.workers[w.0].config_gen != self.nodes[i].config_gen {
+                    // Initialized with the config of an earlier evaluation: again, with the
+                    // current one, before it may run a chunk.
+                    let msg = ToWorker::Initialize {
+                        config_json: self.nodes[i].config.to_string(),
+                        credentials: self.dag.credentials.clone(),
+                    };
+                    self.workers[w.0].config_gen = self.nodes[i].config_gen;
+                    if self.send(w, ToWorker::Dispose).is_err() || self.send(w, msg).is_err() {
+                        self.channel_broken(w);
+                    }
+                    return;
+                }
                 let ready = self.workers[w.0].spawned_at.elapsed().as_secs_f64() * 1e3;
                 self.nodes[i].ready_ms.push(ready);
                 let bind = self.bindings(i);
@@ -1262,6 +1365,12 @@ impl Run<'_> {
                     return;
                 }
                 self.workers[w.0].phase = Phase::Idle;
+                if self.nodes[i].chunks[chunk].state != (ChunkState::Running { worker: w }) {
+                    // The chunk was re-planned (a new evaluation) since it was given out.
+                    tracing::debug!(chunk, "dropping a result for a chunk re-planned meanwhile");
+                    self.dispatch(w);
+                    return;
+                }
                 // Control overhead of the chunk: the round trip minus the engine's own time,
                 // measured before any bookkeeping of ours.
                 let rt_us = sent_at.elapsed().as_secs_f64() * 1e6 - result.execution_time_ms * 1e3;
@@ -1451,6 +1560,11 @@ impl Run<'_> {
         };
         tracing::warn!("{message}");
         self.stop(w);
+        if self.evaluation.as_ref().is_some_and(|e| e.worker == w) {
+            // The solver waiting for this evaluation is gone; the re-runs finish on their own
+            // and its replacement asks again.
+            self.evaluation = None;
+        }
         if self.nodes[i].status != NodeStatus::Running {
             return;
         }
@@ -1674,6 +1788,15 @@ impl Run<'_> {
             if now == hash {
                 continue;
             }
+            if self.in_evaluation(i) {
+                // The journal holds the first run's bytes, not this evaluation's.
+                let msg = format!(
+                    "{}: its output was overwritten after it completed (a worker wrote outside its own rows)",
+                    self.chunk_label(i, k)
+                );
+                self.fail_evaluation(i, msg);
+                return;
+            }
             let index = self.nodes[i].chunks[k].span.index;
             let len: usize = self.chunk_regions(i, k).iter().map(|r| r.3).sum();
             let saved = self
@@ -1750,6 +1873,9 @@ impl Run<'_> {
     fn stop(&mut self, w: WorkerId) {
         let grace = self.opts.grace;
         let wk = &mut self.workers[w.0];
+        if wk.reaped {
+            return;
+        }
         match wk.phase {
             Phase::Gone | Phase::Stopping { .. } => return,
             Phase::Idle => {
@@ -1775,7 +1901,7 @@ impl Run<'_> {
 
     fn kill(&mut self, w: WorkerId) {
         let wk = &mut self.workers[w.0];
-        if matches!(wk.phase, Phase::Gone) {
+        if matches!(wk.phase, Phase::Gone) || wk.reaped {
             return;
         }
         pool::signal_group(wk.pid, Signal::SIGKILL);
@@ -1836,6 +1962,7 @@ impl Run<'_> {
 
     fn on_exit(&mut self, w: WorkerId, end: ProcessEnd) {
         let i = self.workers[w.0].node;
+        self.workers[w.0].reaped = true;
         if self.workers[w.0].commands.is_none() {
             pool::unblock(&self.workers[w.0].server_name);
         }

@@ -64,6 +64,14 @@ impl fmt::Display for Cause {
             Cause::Died(end @ ProcessEnd::Signaled { signal, .. }) if *signal == libc::SIGKILL => {
                 write!(f, "{end} (out of memory, or killed from outside)")
             }
+            Cause::Died(end @ ProcessEnd::Exited(code))
+                if *code == livecalc_protocol::faults::EXIT_KEPT_VIEW =>
+            {
+                write!(
+                    f,
+                    "{end}: the engine kept a reference to shared memory after runChunk (see the worker's log)"
+                )
+            }
             Cause::Died(end) => write!(f, "{end}"),
             Cause::Timeout(t) => write!(f, "timed out after {:.1} s (timeout_s)", t.as_secs_f64()),
             Cause::Startup(t) => write!(

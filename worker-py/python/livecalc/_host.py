@@ -49,11 +49,20 @@ def initialize(engine: ICalcEngine, config_json: str, credentials):
 def run_chunk(engine: ICalcEngine, input_mv, output_mv):
     inp = np.frombuffer(input_mv, dtype=np.uint8) if input_mv is not None else None
     out = np.frombuffer(output_mv, dtype=np.uint8)
+    # Every array an engine derives from a buffer keeps a reference to it (numpy's base chain
+    # stops at these arrays, whose own base is a memoryview). More references after runChunk
+    # than before means the engine kept a view of shared memory the host will unmap.
+    refs_in = sys.getrefcount(inp) if inp is not None else 0
+    refs_out = sys.getrefcount(out)
     start = time.perf_counter()
-    try:
-        result = engine.runChunk(inp, out) or {}
-    finally:
-        del inp, out
+    result = engine.runChunk(inp, out) or {}
+    kept = (inp is not None and sys.getrefcount(inp) > refs_in) or sys.getrefcount(out) > refs_out
+    del inp, out
+    if kept:
+        raise _KeptView(
+            f"{type(engine).__name__}.runChunk kept a reference to a shared-memory buffer "
+            "(a numpy view of its input or output) after returning; copy what must outlive the call"
+        )
     if not isinstance(result, dict):
         raise ExecutionError(f"runChunk must return a dict, got {type(result).__name__}")
     elapsed = float(result.get("execution_time_ms", (time.perf_counter() - start) * 1e3))
@@ -71,6 +80,10 @@ def run_chunk(engine: ICalcEngine, input_mv, output_mv):
     )
 
 
+class _KeptView(Exception):
+    """An engine kept a view of shared memory: the worker must not run another chunk."""
+
+
 def classify(exc: BaseException, tb=None):
     """(kind, class name, message, traceback text) for the supervisor."""
     if isinstance(exc, ConfigurationError):
@@ -81,6 +94,8 @@ def classify(exc: BaseException, tb=None):
         kind = "execution"
     elif isinstance(exc, MemoryError):
         kind = "out_of_memory"
+    elif isinstance(exc, _KeptView):
+        kind = "kept_view"
     elif isinstance(exc, (LookupError, ImportError, TypeError)) and getattr(exc, "_livecalc_lookup", False):
         kind = "unknown_engine"
     else:
