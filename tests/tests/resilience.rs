@@ -366,8 +366,12 @@ fn fault_matrix(
                 .contains(&format!("node '{id}' chunk 5 (rows 640..768)")),
             "{c:#}"
         );
-        // A replacement after each failure: two for the retries, one for the chunks after it.
-        check_recoveries(n, 3, cause, message, json!(chunk));
+        // A replacement after each failure: two for the retries, and a third only if chunks were
+        // still pending when the last attempt failed (with two workers the other one may have
+        // finished them all by then: a race the run resolves correctly either way).
+        let replaced = n["recoveries"].as_array().unwrap().len();
+        assert!((2..=3).contains(&replaced), "{ctx}: {replaced} recoveries");
+        check_recoveries(n, replaced, cause, message, json!(chunk));
         assert_eq!(n["chunks"]["done"], 7);
         check_partial_outputs(&out, &m, engine, &[chunk]);
     }
