@@ -560,11 +560,15 @@ fn kill_9_of_workers_from_outside_leaves_results_byte_identical() {
         let n = node(&m, id);
         let rec = n["recoveries"].as_array().unwrap();
         assert_eq!(rec.len(), 2, "one recovery per kill: {rec:#?}");
+        // A replacement is started after every kill, but the surviving worker may finish the
+        // remaining chunks before the replacement is ready (a Python worker needs ~0.1 s): then
+        // the node completes and the replacement is stopped unready. The first kill leaves most
+        // of the work, so at least one replacement per node must have become ready.
+        assert!(
+            rec.iter().any(|r| r["ready_unix_ms"].is_f64()),
+            "no replacement became ready: {rec:#?}"
+        );
         for r in rec {
-            assert!(
-                r["ready_unix_ms"].is_f64(),
-                "no replacement became ready: {r:#}"
-            );
             // A worker killed between two chunks is reported as a lost channel (see the ignored
             // test below); one killed inside a chunk, by its signal and pid.
             match r["cause"].as_str().unwrap() {
