@@ -179,6 +179,9 @@ struct Worker {
     reaped: bool,
     /// The node config generation it was last initialized with (see `NodeRun::config_gen`).
     config_gen: u64,
+    /// How it ended, when it ended before its handshake was seen: the handshake (or the
+    /// unblocking connection) is still on its way and may say why (`Refused`).
+    exited_early: Option<ProcessEnd>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1139,6 +1142,7 @@ impl Run<'_> {
                     replaces,
                     reaped: false,
                     config_gen: 0,
+                    exited_early: None,
                 });
                 self.nodes[i].workers.push(id);
             }
@@ -1210,6 +1214,31 @@ impl Run<'_> {
         }
         let i = self.workers[w.0].node;
         let node = &self.dag.nodes[i];
+        if let Some(end) = self.workers[w.0].exited_early {
+            // The worker is gone already; the handshake only says why.
+            if let Ok((_, FromWorker::Refused { error, .. })) = result {
+                let cause = Cause::Engine(error);
+                if cause.is_retriable() {
+                    self.worker_failed(w, cause);
+                } else {
+                    let msg = format!(
+                        "node '{}': engine type '{}' could not be created: {cause}",
+                        node.id, node.type_name
+                    );
+                    self.workers[w.0].phase = Phase::Stopping {
+                        deadline: Instant::now(),
+                        killed: true,
+                    };
+                    self.node_fatal(i, msg);
+                }
+                self.workers[w.0].phase = Phase::Stopping {
+                    deadline: Instant::now(),
+                    killed: true,
+                };
+            }
+            self.worker_gone(w, end);
+            return;
+        }
         match result {
             Ok((
                 rx,
@@ -1936,6 +1965,11 @@ impl Run<'_> {
             }
             let node = &self.dag.nodes[self.workers[k].node];
             match &self.workers[k].phase {
+                Phase::Connecting { .. } if self.workers[k].exited_early.is_some() => {
+                    // No handshake event came after the exit: report the exit itself.
+                    let end = self.workers[k].exited_early.expect("checked");
+                    self.worker_gone(w, end);
+                }
                 Phase::Connecting { .. } | Phase::Initializing { .. } | Phase::Attaching { .. } => {
                     self.worker_failed(w, Cause::Startup(node.startup_timeout))
                 }
@@ -1961,11 +1995,27 @@ impl Run<'_> {
     }
 
     fn on_exit(&mut self, w: WorkerId, end: ProcessEnd) {
-        let i = self.workers[w.0].node;
         self.workers[w.0].reaped = true;
         if self.workers[w.0].commands.is_none() {
             pool::unblock(&self.workers[w.0].server_name);
         }
+        if matches!(self.workers[w.0].phase, Phase::Connecting { .. }) {
+            // Its handshake may still be on its way (a worker that refuses its engine sends
+            // `Refused` and exits at once): the accept thread reports either that or our
+            // unblocking connection. Decide then; give it a moment, not a startup timeout.
+            self.workers[w.0].exited_early = Some(end);
+            self.workers[w.0].phase = Phase::Connecting {
+                deadline: Instant::now() + Duration::from_secs(2),
+            };
+            return;
+        }
+        self.worker_gone(w, end);
+    }
+
+    /// Account for a worker whose exit status is known: report it if it was unexpected, then
+    /// let fenced chunks run and the node finish.
+    fn worker_gone(&mut self, w: WorkerId, end: ProcessEnd) {
+        let i = self.workers[w.0].node;
         // A lost channel was only a symptom: report what the worker was doing when it died.
         if matches!(self.workers[w.0].phase, Phase::Lost { .. }) {
             if let Phase::Lost { was, .. } =
