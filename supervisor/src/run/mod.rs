@@ -265,6 +265,10 @@ struct NodeRun {
     partial_inputs: Vec<String>,
 }
 
+/// An evaluation request waiting for the previous one's re-runs: (solver worker, request id,
+/// parameters).
+type PendingEvaluation = (WorkerId, u64, Vec<(String, f64)>);
+
 /// A re-evaluation requested by a solver, in progress.
 #[derive(Debug)]
 struct Evaluation {
@@ -293,7 +297,7 @@ struct Run<'a> {
     evaluation: Option<Evaluation>,
     /// A request that arrived while warm nodes were still busy (e.g. from a solver's
     /// replacement while its predecessor's evaluation finishes): started when they are idle.
-    pending_evaluation: Option<(WorkerId, u64, Vec<(String, f64)>)>,
+    pending_evaluation: Option<PendingEvaluation>,
 }
 
 /// Run a compiled DAG to completion.
