@@ -48,23 +48,13 @@ std::string num(double d) {
     return buf;
 }
 
-// An integer policy column, read whether the DAG declared it int32 or int64.
+// An integer policy column (int32 or int64), one value per policy.
 std::vector<int64_t> int_column(const BufferView& in, const std::string& name, size_t rows) {
     const ColumnInfo& c = in.info(name);
     if (c.ndim != 1 || c.rows != rows) {
         throw ConfigurationError("input column '" + name + "' must be one value per policy (" + std::to_string(rows) + " rows)");
     }
-    std::vector<int64_t> out;
-    if (c.dtype == DType::Int64) {
-        auto v = in.column<int64_t>(name);
-        out.assign(v.begin(), v.end());
-    } else if (c.dtype == DType::Int32) {
-        auto v = in.column<int32_t>(name);
-        out.assign(v.begin(), v.end());
-    } else {
-        throw ConfigurationError("input column '" + name + "' is " + dtype_name(c.dtype) + "; expected int32 or int64");
-    }
-    return out;
+    return livecalc::projection::int_column(in, name);
 }
 
 std::span<const double> f64_column(const BufferView& in, const std::string& name, size_t rows) {

@@ -33,21 +33,6 @@ std::string num(double d) {
     return buf;
 }
 
-// Integer columns may be declared int32 or int64 in the DAG; read either.
-std::vector<int64_t> int_column(const BufferView& in, const std::string& name) {
-    const ColumnInfo& c = in.info(name);
-    std::vector<int64_t> out;
-    if (c.dtype == DType::Int64) {
-        auto v = in.column<int64_t>(name);
-        out.assign(v.begin(), v.end());
-    } else if (c.dtype == DType::Int32) {
-        auto v = in.column<int32_t>(name);
-        out.assign(v.begin(), v.end());
-    } else {
-        throw ConfigurationError("input column '" + name + "' is " + dtype_name(c.dtype) + "; expected int64 or int32");
-    }
-    return out;
-}
 
 std::span<const double> f64_column(const BufferView& in, const std::string& name) {
     const ColumnInfo& c = in.info(name);
@@ -304,6 +289,21 @@ void settings_key(const Settings& s, std::vector<uint8_t>& key) {
 }
 
 }  // namespace
+
+std::vector<int64_t> int_column(const BufferView& in, const std::string& name) {
+    const ColumnInfo& c = in.info(name);
+    std::vector<int64_t> out;
+    if (c.dtype == DType::Int64) {
+        auto v = in.column<int64_t>(name);
+        out.assign(v.begin(), v.end());
+    } else if (c.dtype == DType::Int32) {
+        auto v = in.column<int32_t>(name);
+        out.assign(v.begin(), v.end());
+    } else {
+        throw ConfigurationError("input column '" + name + "' is " + dtype_name(c.dtype) + "; expected int64 or int32");
+    }
+    return out;
+}
 
 PricingScenario curve_scenario(const CurveTable& c, const Settings& s, const std::string& source) {
     Natural n = from_curve_spots(c.spot, s);

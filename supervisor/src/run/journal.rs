@@ -123,13 +123,14 @@ impl Journal {
         })
     }
 
-    /// Append one completed chunk.
+    /// Append one completed chunk; `hash` is the `Hasher`'s value over `parts` (which must not
+    /// depend on how the payload is split), computed once by the caller.
     pub fn save(
         &mut self,
         node: &str,
         index: u64,
         parts: &[&[u8]],
-        hash: Hasher,
+        hash: u64,
     ) -> std::io::Result<()> {
         let file = match self.files.get_mut(node) {
             Some(f) => f,
@@ -146,13 +147,10 @@ impl Journal {
         record.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
         record.extend_from_slice(&index.to_le_bytes());
         record.extend_from_slice(&(len as u64).to_le_bytes());
-        record.extend_from_slice(&0u64.to_le_bytes());
+        record.extend_from_slice(&hash.to_le_bytes());
         for p in parts {
             record.extend_from_slice(p);
         }
-        // The record's own check covers the payload as one piece, as it is read back.
-        let check = hash(&[&record[HEADER..]]);
-        record[20..28].copy_from_slice(&check.to_le_bytes());
         file.write_all(&record)
     }
 

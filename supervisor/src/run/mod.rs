@@ -503,22 +503,41 @@ fn postcard_len<T: serde::Serialize>(msg: &T) -> u64 {
 
 /// A fast 64-bit hash of byte regions (word-wise multiply-rotate), to notice a completed
 /// chunk's output being overwritten.
+///
+/// The hash depends only on the bytes in sequence, not on how they are split into parts, so the
+/// hash of a chunk's regions is also the check of its journal record (one pass per chunk).
 fn hash_regions(parts: &[&[u8]]) -> u64 {
+    let mix = |h: u64, v: u64| (h ^ v).wrapping_mul(0xBF58_476D_1CE4_E5B9).rotate_left(29);
     let mut h = 0x9E37_79B9_7F4A_7C15u64;
+    let mut carry = [0u8; 8];
+    let mut held = 0usize;
+    let mut total = 0u64;
     for p in parts {
-        let mut words = p.chunks_exact(8);
+        total += p.len() as u64;
+        let mut rest: &[u8] = p;
+        if held > 0 {
+            let take = (8 - held).min(rest.len());
+            carry[held..held + take].copy_from_slice(&rest[..take]);
+            held += take;
+            rest = &rest[take..];
+            if held < 8 {
+                continue;
+            }
+            h = mix(h, u64::from_le_bytes(carry));
+        }
+        let mut words = rest.chunks_exact(8);
         for w in &mut words {
-            let v = u64::from_le_bytes(w.try_into().expect("8 bytes"));
-            h = (h ^ v).wrapping_mul(0xBF58_476D_1CE4_E5B9).rotate_left(29);
+            h = mix(h, u64::from_le_bytes(w.try_into().expect("8 bytes")));
         }
-        for &b in words.remainder() {
-            h = (h ^ b as u64)
-                .wrapping_mul(0x94D0_49BB_1331_11EB)
-                .rotate_left(17);
-        }
-        h ^= p.len() as u64;
+        let tail = words.remainder();
+        carry[..tail.len()].copy_from_slice(tail);
+        held = tail.len();
     }
-    h
+    carry[held..].fill(0);
+    if held > 0 {
+        h = mix(h, u64::from_le_bytes(carry));
+    }
+    mix(h, total)
 }
 
 /// Set `key` in an engine config to `value`; a dotted key (`multipliers.premium`) walks into
@@ -1437,7 +1456,7 @@ impl Run<'_> {
             let parts: Vec<&[u8]> = regions.iter().map(|r| &**r).collect();
             let hash = hash_regions(&parts);
             if let Some(j) = journal.as_mut().filter(|_| journaled) {
-                if let Err(e) = j.save(&self.dag.nodes[i].id, index, &parts, hash_regions) {
+                if let Err(e) = j.save(&self.dag.nodes[i].id, index, &parts, hash) {
                     tracing::warn!(error = %e, "cannot journal chunk {index}; a resume would recompute it");
                 }
             }
@@ -2304,6 +2323,24 @@ mod tests {
             serde_json::json!({"multipliers": {"premium": 1.25, "lapse": 1.0}, "timestep": "monthly",
                                "premium_multiplier": 2.0, "new": {"deep": {"key": 3.0}}})
         );
+    }
+
+    #[test]
+    fn region_hash_ignores_how_the_bytes_are_split() {
+        let bytes: Vec<u8> = (0..=200u8).collect();
+        let whole = hash_regions(&[&bytes]);
+        for cut in [1, 7, 8, 9, 100, 199] {
+            let (a, b) = bytes.split_at(cut);
+            assert_eq!(hash_regions(&[a, b]), whole, "cut at {cut}");
+            let (b1, b2) = b.split_at(b.len() / 3);
+            assert_eq!(
+                hash_regions(&[a, b1, &[], b2]),
+                whole,
+                "cut at {cut} and more"
+            );
+        }
+        // Trailing zero bytes still count (the total length is mixed in).
+        assert_ne!(hash_regions(&[&[1, 0]]), hash_regions(&[&[1]]));
     }
 
     #[test]

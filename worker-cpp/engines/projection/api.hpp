@@ -29,6 +29,9 @@ void clear_table_cache();
 
 // ---- scenarios --------------------------------------------------------------------------------
 
+// An integer column, read whether the DAG declared it int32 or int64.
+std::vector<int64_t> int_column(const BufferView& in, const std::string& name);
+
 // Which input carries the scenarios, found by column presence.
 enum class ScenarioSource { Esg, Curve, Paths };
 
